@@ -1,0 +1,179 @@
+import json
+
+import pytest
+
+from ava_keyframes.annotations import (
+    AnnotationError,
+    check_video_id,
+    read_annotations,
+    read_excluded,
+)
+from ava_keyframes.cli import main
+from ava_keyframes.labelmap import read_labelmap
+
+EXCERPT = "ava_val_v2.2_excerpt_1j20qq1JyX4_0902-1014.csv"
+VID = "1j20qq1JyX4"
+
+
+@pytest.fixture(scope="module")
+def labelmap(shared_ava):
+    return read_labelmap(shared_ava / "ava_action_list_v2.2.pbtxt")
+
+
+def write(tmp_path, text, name="rows.csv", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_real_excerpt_counts_merge_and_line_16(shared_ava, labelmap):
+    annotations = read_annotations(shared_ava / EXCERPT, labelmap)
+    assert annotations.rows_read == 341
+    assert len(annotations.table) == 340
+    [rejection] = annotations.report
+    assert (rejection.line, rejection.field) == (16, "person_id")
+    assert "'3_'" in rejection.reason and str(rejection).startswith(f"{shared_ava / EXCERPT}:16:")
+    keyframes = annotations.keyframes()
+    assert len(keyframes) == 110
+    assert sum(len(persons) for persons in keyframes.values()) == 148
+    assert list(keyframes)[0] == (VID, 902) and list(keyframes)[-1] == (VID, 1014)
+    # Lines 14-15 (person 3 at 0906: actions 11 and 74) are one person; line 16 (80) is reported.
+    [person] = [p for p in keyframes[(VID, 906)] if p.person_id == 3]
+    assert person.actions == (11, 74)
+    assert person.box == (0.175, 0.001, 0.995, 1.0)
+
+
+def test_real_subset_reads_whole_with_plain_seconds(shared_ava, labelmap):
+    path = shared_ava / "ava_val_v2.1_person_movement_subset.csv"
+    annotations = read_annotations(path, labelmap)
+    lines = sum(1 for line in path.open() if line.strip())
+    assert annotations.rows_read == lines == len(annotations.table)
+    assert annotations.report == []
+    assert annotations.table["person_id"].eq(-1).all()
+    assert annotations.table["video_id"].nunique() == 64
+    assert set(annotations.table["action_id"]) <= set(range(1, 15))
+
+
+def test_padding_crlf_bom_and_seven_columns(tmp_path):
+    text = "\ufeffaaaaaaaaaaa,0902,0.1,0.1,0.5,0.5,12,0\r\naaaaaaaaaaa,902,0.1,0.1,0.5,0.5,79,0\r\n"
+    text += "bbbbbbbbbbb,903,0.2,0.2,0.6,0.6,11\r\n"
+    annotations = read_annotations(write(tmp_path, text))
+    assert annotations.report == []
+    keyframes = annotations.keyframes()
+    assert list(keyframes) == [("aaaaaaaaaaa", 902), ("bbbbbbbbbbb", 903)]
+    assert keyframes[("aaaaaaaaaaa", 902)][0].actions == (12, 79)
+    assert keyframes[("bbbbbbbbbbb", 903)][0].person_id == -1
+
+
+def test_same_box_different_person_ids_stay_two_persons(tmp_path):
+    text = "aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,0\naaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,1\n"
+    persons = read_annotations(write(tmp_path, text)).keyframes()[("aaaaaaaaaaa", 902)]
+    assert [p.person_id for p in persons] == [0, 1]
+
+
+BAD_ROWS = [
+    ("aaaaaaaaaaa,902,0.1,zero,0.5,0.5,12,0", "y1", "not a number: 'zero'"),
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12", None, None),  # fine: 7 columns
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5", "row", "wrong column count: 5"),
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,0,9", "row", "wrong column count: 9"),
+    ("aaaaaaaaaaa,902,0.5,0.1,0.5,0.5,12,0", "x2", "x2 <= x1"),
+    ("aaaaaaaaaaa,902,0.1,0.6,0.5,0.5,12,0", "y2", "y2 <= y1"),
+    ("aaaaaaaaaaa,902,0.1,0.1,1.02,0.5,12,0", "x2", "outside [0, 1]: '1.02'"),
+    ("aaaaaaaaaaa,902,-0.1,0.1,0.5,0.5,12,0", "x1", "outside [0, 1]"),
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,81,0", "action_id", "action id 81 not in the label map"),
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,1.5,0", "action_id", "not an integer: '1.5'"),
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,3_", "person_id", "not an integer: '3_'"),
+    ("aaaaaaaaaaa,9o2,0.1,0.1,0.5,0.5,12,0", "timestamp", "not a whole number of seconds"),
+    ("../../etc/pw,902,0.1,0.1,0.5,0.5,12,0", "video_id", "invalid video id"),
+    ("ccccccccccc,904,0.1,0.1,0.5,0.5,12,0", "timestamp", "excluded keyframe"),
+]
+
+
+@pytest.mark.parametrize(("row", "field", "reason"), BAD_ROWS)
+def test_each_bad_row_is_reported_with_line_and_field(tmp_path, labelmap, row, field, reason):
+    good = "aaaaaaaaaaa,903,0.1,0.1,0.5,0.5,12,0\n"
+    path = write(tmp_path, good + row + "\n" + good)
+    annotations = read_annotations(path, labelmap, excluded={("ccccccccccc", 904)})
+    assert annotations.rows_read == 3
+    if field is None:
+        assert annotations.report == [] and len(annotations.table) == 3
+        return
+    [rejection] = annotations.report
+    assert (rejection.file, rejection.line, rejection.field) == (str(path), 2, field)
+    assert reason in rejection.reason
+    assert list(annotations.table["line"]) == [1, 3]
+
+
+def test_within_tolerance_is_clipped(tmp_path):
+    path = write(tmp_path, "aaaaaaaaaaa,902,-0.004,0.1,1.009,0.5,12,0\n")
+    [person] = read_annotations(path).keyframes()[("aaaaaaaaaaa", 902)]
+    assert person.box == (0.0, 0.1, 1.0, 0.5)
+
+
+def test_two_column_rows_are_keyframes_without_boxes(tmp_path):
+    path = write(tmp_path, "aaaaaaaaaaa,0902\naaaaaaaaaaa,903,0.1,0.1,0.5,0.5,12\n")
+    annotations = read_annotations(path)
+    assert annotations.empty_keyframes == {("aaaaaaaaaaa", 902)}
+    assert annotations.keyframes()[("aaaaaaaaaaa", 902)] == []
+    assert annotations.summary()["rows_used"] == 2
+
+
+def test_detections_keep_coordinates_and_need_scores(tmp_path):
+    text = ("aaaaaaaaaaa,902,-0.2,0.1,1.3,0.5,12,0.75\n"
+            "aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,high\n"
+            "aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12\n")
+    annotations = read_annotations(write(tmp_path, text), kind="detections")
+    assert annotations.table[["x1", "x2", "score"]].values.tolist() == [[-0.2, 1.3, 0.75]]
+    assert [(r.line, r.field) for r in annotations.report] == [(2, "score"), (3, "row")]
+
+
+def test_empty_and_missing_files_raise_one_line_errors(tmp_path):
+    with pytest.raises(AnnotationError, match="empty file"):
+        read_annotations(write(tmp_path, "\n\n"))
+    with pytest.raises(AnnotationError, match="no such file"):
+        read_annotations(tmp_path / "missing.csv")
+    with pytest.raises(AnnotationError, match="cannot read"):
+        read_annotations(write(tmp_path, "x", encoding="utf-16"))
+
+
+def test_excluded_timestamps(shared_ava, tmp_path):
+    excluded = read_excluded(shared_ava / "ava_val_excluded_timestamps_v2.2.csv")
+    assert excluded and all(isinstance(s, int) for _, s in excluded)
+    with pytest.raises(AnnotationError, match=r"bad.csv:2: expected 'video_id,timestamp'"):
+        read_excluded(write(tmp_path, "aaaaaaaaaaa,0902\naaaaaaaaaaa\n", name="bad.csv"))
+
+
+@pytest.mark.parametrize("bad", ["../x", "-oEVIL", "a;b", "a" * 12, "", "abc def ghi"])
+def test_check_video_id_rejects_hostile_ids(bad):
+    with pytest.raises(ValueError, match="invalid video id"):
+        check_video_id(bad)
+
+
+def test_check_video_id_accepts_real_ids():
+    assert check_video_id("-5KQ66BBWC4") == "-5KQ66BBWC4"
+    assert check_video_id("_7oWZq_s_Sk") == "_7oWZq_s_Sk"
+
+
+def test_inspect_cli_json(shared_ava, capsys):
+    argv = ["inspect", str(shared_ava / EXCERPT), "--json", "--labelmap",
+            str(shared_ava / "ava_action_list_v2.2.pbtxt")]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["rows"], summary["rows_used"], summary["keyframes"], summary["persons"]) == (
+        341, 340, 110, 148)
+    assert summary["rejected"] == [
+        {"line": 16, "field": "person_id", "reason": "not an integer: '3_'"}]
+    assert summary["labels_per_class"]["stand"] == 133
+
+
+def test_inspect_cli_excluded_and_readable_summary(shared_ava, tmp_path, capsys):
+    excluded = write(tmp_path, f"{VID},0902\n", name="excluded.csv")
+    assert main(["inspect", str(shared_ava / EXCERPT), "--excluded", str(excluded)]) == 0
+    out = capsys.readouterr().out
+    assert "109 keyframes" in out and "excluded keyframe" in out and ":16: person_id" in out
+
+
+def test_inspect_cli_unreadable_file_is_one_line(tmp_path, capsys):
+    assert main(["inspect", str(write(tmp_path, ""))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "empty file" in err
