@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -12,16 +13,175 @@ class CliError(Exception):
 
 
 # --- labelmap ---
+def _cmd_labelmap(args: argparse.Namespace) -> int:
+    from ava_keyframes.labelmap import LabelMapError, read_labelmap, write_classes_csv
+
+    try:
+        labelmap = read_labelmap(args.pbtxt)
+    except LabelMapError as error:
+        raise CliError(str(error)) from None
+    if args.classes_csv:
+        write_classes_csv(labelmap, args.classes_csv)
+    if args.json:
+        print(json.dumps(labelmap.to_json(), indent=2, ensure_ascii=False))
+    elif not args.classes_csv:
+        for entry in labelmap.to_json():
+            suffix = f"  [{entry['type']}]" if entry["type"] else ""
+            print(f"{entry['id']:>4}  {entry['name']}{suffix}")
+    return 0
+
 
 # --- inspect ---
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ava_keyframes.annotations import AnnotationError, read_annotations, read_excluded
+    from ava_keyframes.labelmap import LabelMapError, read_labelmap
+
+    try:
+        labelmap = read_labelmap(args.labelmap) if args.labelmap else None
+        excluded = read_excluded(args.excluded) if args.excluded else None
+        annotations = read_annotations(args.csv, labelmap, excluded)
+    except (AnnotationError, LabelMapError) as error:
+        raise CliError(str(error)) from None
+    summary = annotations.summary(labelmap)
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{summary['file']}: {summary['rows']} rows, {summary['rows_used']} used, "
+          f"{summary['rows_rejected']} rejected")
+    print(f"{summary['videos']} videos, {summary['keyframes']} keyframes, "
+          f"{summary['persons']} persons")
+    print("labels per class:")
+    for name, count in summary["labels_per_class"].items():
+        print(f"  {count:>7}  {name}")
+    for rejection in annotations.report:
+        print(f"rejected {rejection}")
+    return 0
+
 
 # --- synth ---
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from ava_keyframes.media import VideoError
+    from ava_keyframes.synth import make_corpus
+
+    width, _, height = args.size.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise CliError(f"--size: expected WxH such as 320x240, not {args.size!r}")
+    try:
+        fps = float(args.fps)
+    except ValueError:
+        raise CliError(f"--fps: expected a number such as 29.97, not {args.fps!r}") from None
+    try:
+        info = make_corpus(args.out, videos=args.videos, seconds=args.seconds, start=args.start,
+                           fps=fps, size=(int(width), int(height)),
+                           container=args.container, seed=args.seed)
+    except (ValueError, VideoError) as error:
+        raise CliError(str(error)) from None
+    counts = ", ".join(f"{len(ids)} {split}" for split, ids in info.ids.items())
+    print(f"{len(info.videos)} videos ({counts}) of {args.start + args.seconds} s at {args.fps} "
+          f"fps, {args.size} {args.container}: {info.root / 'videos'}")
+    print(f"keyframes {args.start}..{args.start + args.seconds - 1} annotated: "
+          f"{info.annotations_dir}")
+    return 0
+
 
 # --- download ---
+def _download_ids(args: argparse.Namespace) -> list[str]:
+    """Validated ids from --ids, or the distinct ids of --csv in file order."""
+    from ava_keyframes.annotations import AnnotationError, check_video_id, read_annotations
+
+    if args.ids is not None:
+        try:
+            return [check_video_id(i.strip()) for i in args.ids.split(",") if i.strip()]
+        except ValueError as error:
+            raise CliError(f"--ids: {error}") from None
+    try:
+        annotations = read_annotations(args.csv)
+    except AnnotationError as error:
+        raise CliError(str(error)) from None
+    bad_ids = [str(r) for r in annotations.report if r.field == "video_id"]
+    if bad_ids:
+        raise CliError("; ".join(bad_ids))
+    ids = list(annotations.table["video_id"].unique())
+    return ids + sorted({v for v, _ in annotations.empty_keyframes} - set(ids))
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from ava_keyframes.sources import VideoCache
+
+    ids = _download_ids(args)
+    if not ids:
+        raise CliError("no video ids given")
+    if args.jobs < 1:
+        raise CliError(f"--jobs must be at least 1, not {args.jobs}")
+    try:
+        cache = VideoCache(args.cache, sources=args.sources, mirror=args.mirror,
+                           youtube_template=args.youtube_url_template,
+                           manual_dir=args.manual_dir, retry_unavailable=args.retry_unavailable)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    results = cache.fetch_many(ids, jobs=args.jobs, progress=True)
+    for result in results:
+        if args.json:
+            print(json.dumps(result.to_json()))
+        elif result.status == "unavailable":
+            print(f"{result.id}: unavailable: {result.reason}")
+    if not args.json:
+        counts = {s: sum(r.status == s for r in results)
+                  for s in ("cached", "downloaded", "unavailable")}
+        print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (cache: {cache.cache_dir})")
+    return 0
+
 
 # --- frames ---
+def _frame_seconds(text: str) -> dict[int | float, list[str]]:
+    """--seconds as {value: [tokens as given]}, so 902 and 0902 name their own files."""
+    seconds: dict[int | float, list[str]] = {}
+    for token in (t.strip() for t in text.split(",")):
+        parts = token.split(".")
+        if len(parts) > 2 or not all(p.isascii() and p.isdigit() for p in parts):
+            raise CliError(f"--seconds: {token!r} is not a second such as 902 or 902.5")
+        value = int(token) if token.isdigit() else float(token)
+        seconds.setdefault(value, []).append(token)
+    return seconds
+
+
+def _cmd_frames(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
+
+    seconds = _frame_seconds(args.seconds)
+    if args.max_side is not None and args.max_side < 1:
+        raise CliError(f"--max-side must be at least 1, not {args.max_side}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    options = {"quality": 95} if args.format == "jpg" else {}
+    try:
+        for second, image in extract_keyframes(args.video, seconds, max_side=args.max_side):
+            for token in seconds[second]:
+                Image.fromarray(image).save(out / f"{token}.{args.format}", **options)
+                written += 1
+    except MissingKeyframes as error:
+        raise CliError(f"{error}; wrote the other {written} frame(s) to {out}") from None
+    except KeyframeError as error:
+        raise CliError(str(error)) from None
+    print(f"wrote {written} frame(s) to {out}")
+    return 0
+
 
 # --- export-csv ---
+def _cmd_export_csv(args: argparse.Namespace) -> int:
+    from ava_keyframes.ava_keyframes_dataset_builder import export_retinanet_csv
+
+    try:
+        counts = export_retinanet_csv(args.data_dir, args.split, args.out, config=args.config)
+    except (FileNotFoundError, ValueError) as error:
+        raise CliError(str(error)) from None
+    print(f"{counts['images']} images, {counts['rows']} annotation rows -> {args.out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +191,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # --- parsers ---
+    p = sub.add_parser("frames", help="extract frame-exact keyframes from a video",
+                       description="Write DIR/<second>.<format> for each requested second: "
+                       "the first frame whose presentation time, counted from the video's "
+                       "first frame, is at or after that second (what `ffmpeg -ss SECOND -i "
+                       "VIDEO -frames:v 1` returns).")
+    p.add_argument("video", help="video file (mp4, mkv, webm, ...)")
+    p.add_argument("--seconds", required=True, metavar="S,S,...",
+                   help="comma-separated seconds such as 902,903 or 902.5")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format")
+    p.add_argument("--max-side", type=int, metavar="N",
+                   help="downscale so that the longer side is at most N pixels")
+    p.set_defaults(func=_cmd_frames)
+
+    p = sub.add_parser("export-csv", help="export a built TFDS split for keras-retinanet",
+                       description="Write OUT/images/<video_id>_<second>.jpg, "
+                       "OUT/annotations.csv (path,x1,y1,x2,y2,class_name; one row per person "
+                       "and action, integer pixels) and OUT/classes.csv from a split built by "
+                       "`tfds build ava_keyframes`.")
+    p.add_argument("--data-dir", required=True, metavar="D", help="TFDS data dir of the build")
+    p.add_argument("--split", required=True, metavar="S", help="train or validation")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--config", default="v2.2",
+                   help="builder config, or the name of a custom one (default v2.2)")
+    p.set_defaults(func=_cmd_export_csv)
+
+    p = sub.add_parser("synth", help="write a synthetic AVA corpus (videos and annotations)",
+                       description="Write OUT/videos/<id>.<ext> and OUT/annotations/ (train and "
+                       "val CSVs, label map, excluded timestamps) in the real AVA formats. "
+                       "Every frame carries its index in a stamp along the top edge.")
+    p.add_argument("out", help="new or empty output folder")
+    p.add_argument("--videos", type=int, required=True, help="number of videos")
+    p.add_argument("--seconds", type=int, required=True, help="annotated seconds per video")
+    p.add_argument("--start", type=int, default=902,
+                   help="first keyframe second; videos are START+SECONDS long (default 902)")
+    p.add_argument("--fps", default="30",
+                   help="frame rate, e.g. 30, 29.97 (= 30000/1001), 25 (default 30)")
+    p.add_argument("--size", default="320x240", metavar="WxH", help="frame size (default 320x240)")
+    p.add_argument("--container", choices=("mp4", "mkv", "webm"), default="mp4",
+                   help="mp4 or mkv (H.264) or webm (VP9)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same corpus)")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("labelmap", help="read an AVA label map (.pbtxt)")
+    p.add_argument("pbtxt", help="label map in 'label {...}' or 'item {...}' form")
+    p.add_argument("--json", action="store_true", help="print [{id, name, type}] as JSON")
+    p.add_argument("--classes-csv", metavar="OUT", help="write keras-retinanet's classes CSV")
+    p.set_defaults(func=_cmd_labelmap)
+
+    p = sub.add_parser("inspect", help="validate an AVA annotation CSV and count what it holds")
+    p.add_argument("csv", help="AVA CSV (7 or 8 columns)")
+    p.add_argument("--labelmap", metavar="PBTXT", help="reject actions not in this label map")
+    p.add_argument("--excluded", metavar="CSV", help="excluded-timestamps CSV to leave out")
+    p.add_argument("--json", action="store_true", help="counts and rejected rows as JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("download", help="fetch AVA videos into a resumable cache",
+                       description="Fetch videos through local folder, CVDF mirror and YouTube "
+                       "(first success wins) into CACHE/videos/. Permanent failures are "
+                       "recorded in CACHE/unavailable.json and skipped on later runs.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", metavar="ID,ID", help="comma-separated video ids")
+    which.add_argument("--csv", metavar="FILE", help="AVA annotation CSV: fetch its videos")
+    p.add_argument("--cache", required=True, metavar="DIR", help="video cache folder")
+    p.add_argument("--sources", metavar="LIST",
+                   help="order of local,mirror,youtube (default: $AVA_KEYFRAMES_SOURCES or all)")
+    p.add_argument("--mirror", metavar="URL",
+                   help="mirror base URL (default: $AVA_KEYFRAMES_MIRROR or the CVDF mirror)")
+    p.add_argument("--youtube-url-template", metavar="T", help="URL with {id} (default: "
+                   "$AVA_KEYFRAMES_YOUTUBE_TEMPLATE or https://www.youtube.com/watch?v={id})")
+    p.add_argument("--manual-dir", metavar="D", help="folder whose videos/ holds local files")
+    p.add_argument("--jobs", type=int, default=4, help="concurrent downloads (default 4)")
+    p.add_argument("--retry-unavailable", action="store_true",
+                   help="try again the videos recorded as unavailable")
+    p.add_argument("--json", action="store_true",
+                   help='one {"id", "status", "path", "source", "reason"} per line')
+    p.set_defaults(func=_cmd_download)
+
     return parser
 
 
