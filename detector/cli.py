@@ -194,6 +194,8 @@ def _video_frames(args: argparse.Namespace, seconds: list[int]):
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from PIL import Image
+
     from detector.model import ModelError, load_model
     from detector.predict import (
         detect_images,
@@ -212,13 +214,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except ModelError as error:
         raise CliError(str(error)) from None
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     keyframes = []
     for image, keyframe in detect_images(model, items):
         keyframes.append(keyframe)
         if not args.no_pictures:
-            name = f"{keyframe.video_id}_{keyframe.second:04d}.png"
-            draw_keyframe(image, keyframe, model.class_names, out / name,
-                          min_score=args.min_score)
+            picture = draw_keyframe(image, keyframe, model.class_names, min_score=args.min_score)
+            Image.fromarray(picture).save(out / f"{keyframe.video_id}_{keyframe.second:04d}.png")
     table = detections_table(keyframes, model.class_ids)
     write_detections_csv(table, out / "detections.csv")
     print(f"{len(keyframes)} keyframes, {len(table)} detections -> {out / 'detections.csv'}")

@@ -1,0 +1,266 @@
+"""Detections from a trained model: AVA CSV rows, pictures, evaluation, SavedModel export.
+
+All paths go through one function, `detect_letterboxed`: letterboxed images in, detections
+with boxes normalized to the original images out. `serving_function` wraps it for images of
+any size (the exported SavedModel's signature), `detect_dataset` feeds it a TFDS split, and
+`evaluate_model` scores that through `detector.ap` (the training callback uses it too).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from ava_keyframes.annotations import Annotations
+from ava_keyframes.labelmap import LabelMap, evaluation_labelmap_path, read_labelmap
+from detector import ap
+from detector.data import DatasetInfo, eval_batches, letterbox
+from detector.model import ModelError, MultiLabelRetinaNet
+
+CSV_COLUMNS = ["video_id", "second", "x1", "y1", "x2", "y2", "action_id", "score"]
+# An image named like a dataset key, `<video id>_<second>` (as exported), keeps that keyframe.
+KEYFRAME_STEM = re.compile(r"^(?P<video_id>[A-Za-z0-9_-]{11})_(?P<second>\d+)$")
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """The detections of one image: normalized `xyxy` boxes, scores, class indices."""
+
+    video_id: str
+    second: int
+    boxes: np.ndarray  # [K, 4]
+    scores: np.ndarray  # [K]
+    classes: np.ndarray  # [K] class index of the model
+
+
+def detect_letterboxed(
+    model: MultiLabelRetinaNet, images: tf.Tensor, content: tf.Tensor
+) -> dict[str, tf.Tensor]:
+    """Detections for letterboxed `images` ([B, S, S, 3] float 0..255) whose content has
+    (height, width) `content` ([B, 2] or [2]): `boxes` normalized `[x1, y1, x2, y2]` of the
+    original images, `scores`, `classes` (class index, -1 padding), `class_ids` (dataset
+    ids, -1 padding) and `num_detections`."""
+    decoded = model.decode_predictions(model(images, training=False), images)
+    height, width = tf.unstack(tf.cast(content, tf.float32), axis=-1)
+    scale = tf.stack([width, height, width, height], axis=-1)
+    scale = tf.reshape(scale, [-1, 1, 4])
+    valid = decoded["classes"] >= 0
+    boxes = tf.where(valid[..., None], tf.clip_by_value(decoded["boxes"] / scale, 0.0, 1.0), -1.0)
+    class_ids = tf.constant(model.class_ids, tf.int32)
+    classes = tf.cast(decoded["classes"], tf.int32)
+    return {
+        "boxes": boxes,
+        "scores": decoded["confidence"],
+        "classes": classes,
+        "class_ids": tf.where(valid, tf.gather(class_ids, tf.maximum(classes, 0)), -1),
+        "num_detections": decoded["num_detections"],
+    }
+
+
+def serving_function(model: MultiLabelRetinaNet) -> tf.types.experimental.ConcreteFunction:
+    """`images` (a uint8 batch [B, H, W, 3] of one size, any size) -> detections as in
+    `detect_letterboxed`: the signature of the exported SavedModel."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    def serve(images):
+        squares, content = letterbox(images, model.image_size)
+        return detect_letterboxed(model, squares, content)
+
+    return serve
+
+
+def detect_images(
+    model: MultiLabelRetinaNet, images: Iterable[tuple[str, int, np.ndarray]]
+) -> Iterator[tuple[np.ndarray, Keyframe]]:
+    """`(image, detections)` for `(video_id, second, HxWx3 uint8 image)` items, one image at
+    a time (images may differ in size)."""
+    serve = serving_function(model)
+    for video_id, second, image in images:
+        out = serve(tf.convert_to_tensor(image[None], tf.uint8))
+        yield image, _keyframe(video_id, second, {k: v[0].numpy() for k, v in out.items()})
+
+
+def _keyframe(video_id: str, second: int, out: dict[str, np.ndarray]) -> Keyframe:
+    count = int(out["num_detections"])
+    return Keyframe(
+        video_id, int(second), out["boxes"][:count], out["scores"][:count], out["classes"][:count]
+    )
+
+
+def detect_dataset(
+    model: MultiLabelRetinaNet,
+    info: DatasetInfo,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+) -> tuple[Annotations, list[Keyframe]]:
+    """The ground truth of a TFDS split (one row per person and class, as in AVA's CSVs)
+    and the model's detections on it."""
+    if model.class_names != info.class_names:
+        raise ModelError(f"the model's classes are not those of {info.name} "
+                         f"({model.num_classes} vs {info.num_classes} classes)")
+    detect = tf.function(lambda images, content: detect_letterboxed(model, images, content))
+    truth: list[dict] = []
+    empty: set[tuple[str, int]] = set()
+    keyframes: list[Keyframe] = []
+    for batch in eval_batches(info, split, image_size=model.image_size, batch_size=batch_size,
+                              data_dir=data_dir, limit=limit):
+        out = {k: v.numpy() for k, v in detect(batch["images"], batch["content"]).items()}
+        for i, (raw_id, second) in enumerate(zip(batch["video_id"].numpy(),
+                                                  batch["second"].numpy(), strict=True)):
+            video_id = raw_id.decode()
+            keyframes.append(_keyframe(video_id, second, {k: v[i] for k, v in out.items()}))
+            rows = _truth_rows(video_id, int(second), batch["boxes"][i].numpy(),
+                               batch["classes"][i].numpy(), batch["person_id"][i].numpy(),
+                               info.class_ids)
+            truth.extend(rows)
+            if not rows:
+                empty.add((video_id, int(second)))
+    table = pd.DataFrame(truth, columns=[*CSV_COLUMNS[:7], "person_id"])
+    table["line"] = np.arange(1, len(table) + 1)
+    groundtruth = Annotations(f"{info.name}:{split}", "groundtruth", table, empty,
+                              rows_read=len(table) + len(empty))
+    return groundtruth, keyframes
+
+
+def _truth_rows(video_id: str, second: int, boxes: np.ndarray, classes: np.ndarray,
+                person_ids: np.ndarray, class_ids: list[int]) -> list[dict]:
+    rows = []
+    for (ymin, xmin, ymax, xmax), hot, person in zip(boxes, classes, person_ids, strict=True):
+        for index in np.flatnonzero(hot > 0):
+            rows.append({"video_id": video_id, "second": second, "x1": float(xmin),
+                         "y1": float(ymin), "x2": float(xmax), "y2": float(ymax),
+                         "action_id": class_ids[index], "person_id": int(person)})
+    return rows
+
+
+def detections_table(keyframes: Iterable[Keyframe], class_ids: list[int]) -> pd.DataFrame:
+    """AVA detection rows (`CSV_COLUMNS` plus `line`), one per (box, class)."""
+    rows = [
+        (k.video_id, k.second, *(float(v) for v in box), class_ids[int(c)], float(score))
+        for k in keyframes
+        for box, score, c in zip(k.boxes, k.scores, k.classes, strict=True)
+    ]
+    table = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    table["line"] = np.arange(1, len(table) + 1)
+    return table
+
+
+def write_detections_csv(table: pd.DataFrame, path: str | Path) -> None:
+    """The official AVA detections format: no header, normalized coordinates."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        for row in table[CSV_COLUMNS].itertuples(index=False):
+            video_id, second, x1, y1, x2, y2, action_id, score = row
+            writer.writerow([video_id, second, f"{x1:.4f}", f"{y1:.4f}", f"{x2:.4f}",
+                             f"{y2:.4f}", action_id, f"{score:.6f}"])
+
+
+def evaluation_labelmap(info: DatasetInfo, path: str | None = None) -> LabelMap:
+    """The classes to score: `path` if given; for AVA the official 60-class evaluation map;
+    otherwise the dataset's own classes."""
+    if path:
+        return read_labelmap(path)
+    return read_labelmap(evaluation_labelmap_path()) if info.ava_classes else info.labelmap()
+
+
+def evaluate_model(
+    model: MultiLabelRetinaNet,
+    info: DatasetInfo,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    labelmap: LabelMap | None = None,
+    metric: str = "ava",
+    batch_size: int = 8,
+    limit: int | None = None,
+    detections_csv: str | Path | None = None,
+) -> ap.APResult:
+    """Run `model` on a TFDS split and score it with `detector.ap` against the split's own
+    ground truth; optionally write the detections as an AVA CSV."""
+    groundtruth, keyframes = detect_dataset(
+        model, info, split, data_dir=data_dir, batch_size=batch_size, limit=limit
+    )
+    detections = detections_table(keyframes, model.class_ids)
+    if detections_csv is not None:
+        write_detections_csv(detections, detections_csv)
+    return ap.evaluate(groundtruth, detections, labelmap or evaluation_labelmap(info), metric)
+
+
+def image_keyframe(path: Path) -> tuple[str, int]:
+    """(video_id, second) for an image file: from a `<video id>_<second>` name (a dataset
+    key, as the builder and export-csv name them), else the file's stem and second 0."""
+    match = KEYFRAME_STEM.match(path.stem)
+    if match:
+        return match["video_id"], int(match["second"])
+    return path.stem, 0
+
+
+def draw_keyframe(
+    image: np.ndarray,
+    keyframe: Keyframe,
+    names: list[str],
+    *,
+    min_score: float = 0.3,
+    truth_pixels: np.ndarray | None = None,
+) -> np.ndarray:
+    """`image` (HxWx3 uint8) with each detected box above `min_score` in colour, labelled
+    with its classes and scores (one box, several lines when a person has several actions),
+    and, when given, ground-truth boxes (`[x1, y1, x2, y2]` pixels) in white."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(image)
+    draw = ImageDraw.Draw(picture)
+    for x1, y1, x2, y2 in truth_pixels if truth_pixels is not None else ():
+        draw.rectangle([x1, y1, x2, y2], outline=(255, 255, 255), width=1)
+    height, width = image.shape[:2]
+    labels: dict[tuple[float, ...], list[str]] = {}
+    for box, score, index in zip(keyframe.boxes, keyframe.scores, keyframe.classes, strict=True):
+        if score >= min_score:
+            labels.setdefault(tuple(np.round(box, 4)), []).append(f"{names[index]} {score:.2f}")
+    palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+               (145, 30, 180), (70, 240, 240), (240, 50, 230)]
+    for n, (box, lines) in enumerate(labels.items()):
+        colour = palette[n % len(palette)]
+        x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+        text = "\n".join(lines)
+        _, top, _, bottom = draw.multiline_textbbox((0, 0), text)
+        # above the box where there is room, so the label does not hide the person
+        anchor = (x1 + 1, y1 - (bottom - top) - 4 if y1 - (bottom - top) - 4 >= 0 else y1 + 2)
+        left, top, right, bottom = draw.multiline_textbbox(anchor, text)
+        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=colour)
+        draw.multiline_text(anchor, text, fill=(0, 0, 0))
+    return np.asarray(picture)
+
+
+def export(model: MultiLabelRetinaNet, out: str | Path) -> tuple[Path, Path]:
+    """Write `out/model.keras` and a SavedModel `out/saved_model` whose `serve` (and
+    `serving_default`) signature maps a uint8 image batch to detections, and whose
+    `class_names` signature returns the class names."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras_path = out / "model.keras"
+    model.save(keras_path)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serving_function(model))
+    names = tf.constant(model.class_names)
+    archive.add_endpoint(
+        "class_names", tf.function(lambda: {"names": names}, input_signature=[])
+    )
+    saved = out / "saved_model"
+    archive.write_out(str(saved), verbose=False)
+    return keras_path, saved

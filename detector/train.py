@@ -1,0 +1,244 @@
+"""Training with `model.fit`: keras-retinanet's options on a KerasCV RetinaNet.
+
+Callbacks, in order: the evaluation callback (mAP and per-class AP on the validation split
+through `detector.predict.evaluate_model`, the code `ava-detector evaluate --model` runs),
+ModelCheckpoint (a `.keras` snapshot per epoch), TensorBoard, ReduceLROnPlateau and
+EarlyStopping (both on mAP when evaluating, else the learning rate follows the loss).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from detector import ap
+from detector.data import DataError, DatasetInfo, dataset_info, train_batches
+from detector.model import (
+    ModelError,
+    MultiLabelRetinaNet,
+    build_model,
+    compile_model,
+    load_model,
+    preset_backbone,
+)
+from detector.predict import evaluate_model, evaluation_labelmap
+
+SNAPSHOT_EPOCH = re.compile(r"_(\d+)\.keras$")
+
+
+@dataclass
+class TrainOptions:
+    """`ava-detector train`'s options (the flags of keras-retinanet's train.py, and more)."""
+
+    dataset: str
+    data_dir: str | None = None
+    split: str = "train"
+    val_split: str | None = "validation"
+    backbone: str = "resnet50"
+    backbone_width: float = 1.0
+    weights: str | None = None
+    preset: str | None = None
+    snapshot: str | None = None  # resume from this .keras snapshot
+    freeze_backbone: bool = False
+    random_transform: bool = False
+    epochs: int = 50
+    steps: int | None = None  # per epoch; default one pass over the split
+    batch_size: int = 8
+    lr: float = 1e-4
+    image_size: int = 512
+    fpn_channels: int = 256
+    head_channels: int = 256
+    head_depth: int = 4
+    snapshot_path: str = "snapshots"
+    tensorboard_dir: str | None = None
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    eval_every: int = 1  # epochs between evaluations; 0 turns evaluation off
+    eval_limit: int | None = None  # evaluate on at most this many validation images
+    lr_patience: int = 2  # evaluations (epochs when not evaluating) without improvement
+    early_stopping_patience: int = 5  # evaluations without improvement
+    time_limit: float | None = None  # minutes; training stops after the epoch that passes it
+    verbose: int | str = "auto"
+
+
+@dataclass
+class TrainResult:
+    model: MultiLabelRetinaNet
+    history: dict[str, list[float]]
+    last_snapshot: Path | None
+    evaluation: ap.APResult | None
+
+
+class EvaluationCallback(keras.callbacks.Callback):
+    """Every `every` epochs and at the end of training, mAP and per-class AP on a split.
+
+    Puts `mAP` into the epoch logs for the callbacks after it (checkpoint, learning rate,
+    early stopping), carrying the last value over epochs without an evaluation, prints the
+    per-class table and writes both to TensorBoard when a log folder is given.
+    """
+
+    def __init__(self, info: DatasetInfo, split: str, *, data_dir: str | None, every: int,
+                 epochs: int, limit: int | None = None, tensorboard_dir: str | None = None,
+                 batch_size: int = 8):
+        super().__init__()
+        self.info, self.split, self.data_dir = info, split, data_dir
+        self.every, self.epochs, self.limit, self.batch_size = every, epochs, limit, batch_size
+        self.labelmap = evaluation_labelmap(info)
+        self.writer = (
+            tf.summary.create_file_writer(str(Path(tensorboard_dir) / "evaluation"))
+            if tensorboard_dir else None
+        )
+        self.result: ap.APResult | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        last = epoch + 1 == self.epochs or self.model.stop_training
+        if (epoch + 1) % self.every == 0 or last:
+            self.result = evaluate_model(
+                self.model, self.info, self.split, data_dir=self.data_dir,
+                labelmap=self.labelmap, batch_size=self.batch_size, limit=self.limit,
+            )
+            print(f"\nEpoch {epoch + 1}: {self.split} mAP@0.5 = {self.result.mAP:.4f}")
+            print(classes_with_truth(self.result))
+            if self.writer is not None:
+                with self.writer.as_default(step=epoch):
+                    tf.summary.scalar("mAP", self.result.mAP)
+                    for name, value in self.result.per_class.items():
+                        if not math.isnan(value):
+                            tf.summary.scalar(f"AP/{name}", value)
+                self.writer.flush()
+        if self.result is not None:  # absent before the first evaluation, never a fake value
+            logs["mAP"] = self.result.mAP
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop training after the batch that reaches `minutes` of training (evaluations
+    included); the evaluation callback then scores the model as it is."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = minutes * 60
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.model.stop_training and time.monotonic() - self.start >= self.seconds:
+            print(f"\ntime limit of {self.seconds / 60:g} min reached")
+            self.model.stop_training = True
+
+
+def classes_with_truth(result: ap.APResult) -> str:
+    """The markdown table without the label-map classes that have no ground truth."""
+    lines = result.to_markdown().splitlines()
+    return "\n".join(line for line in lines if not line.endswith("| 0 | n/a |"))
+
+
+def _new_model(options: TrainOptions, info: DatasetInfo) -> MultiLabelRetinaNet:
+    backbone = preset_backbone(options.preset) if options.preset else options.backbone
+    model = build_model(
+        info.num_classes,
+        backbone=backbone,
+        image_size=options.image_size,
+        backbone_width=options.backbone_width,
+        fpn_channels=options.fpn_channels,
+        head_channels=options.head_channels,
+        head_depth=options.head_depth,
+        class_names=info.class_names,
+        class_ids=info.class_ids,
+    )
+    if options.weights:
+        try:
+            model.backbone.load_weights(options.weights)
+        except (OSError, ValueError) as error:
+            raise ModelError(
+                f"{options.weights}: cannot load backbone weights: {str(error).splitlines()[0]}"
+            ) from error
+    return model
+
+
+def _resumed_model(options: TrainOptions, info: DatasetInfo) -> tuple[MultiLabelRetinaNet, int]:
+    model = load_model(options.snapshot)
+    if model.class_names != info.class_names:
+        raise ModelError(f"{options.snapshot}: trained on other classes than {info.name}")
+    match = SNAPSHOT_EPOCH.search(Path(options.snapshot).name)
+    return model, int(match[1]) if match else 0
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Build (or resume) a model, fit it on `options.split`, evaluate on `options.val_split`."""
+    if options.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
+        raise ModelError("--tensorboard-dir needs the tensorboard package: pip install tensorboard")
+    if options.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    info = dataset_info(options.dataset, options.data_dir)
+    evaluating = bool(options.val_split) and options.eval_every > 0
+    if evaluating and info.splits and options.val_split not in info.splits:
+        raise DataError(f"dataset {info.name!r} has no split {options.val_split!r} to "
+                        f"evaluate on; it has {', '.join(info.splits)} (or --val-split none)")
+    if options.snapshot:
+        model, initial_epoch = _resumed_model(options, info)
+    else:
+        model, initial_epoch = _new_model(options, info), 0
+    if options.freeze_backbone:
+        model.backbone.trainable = False
+    if not options.snapshot or options.freeze_backbone:
+        compile_model(model, lr=options.lr, jit_compile=options.jit_compile)
+
+    batches = train_batches(
+        info, options.split, image_size=model.image_size, batch_size=options.batch_size,
+        random_transform=options.random_transform, data_dir=options.data_dir,
+    )
+    steps = options.steps or max(1, math.ceil(info.splits.get(options.split, 1)
+                                              / options.batch_size))
+    callbacks: list[keras.callbacks.Callback] = []
+    evaluation = None
+    if evaluating:
+        evaluation = EvaluationCallback(
+            info, options.val_split, data_dir=options.data_dir, every=options.eval_every,
+            epochs=options.epochs, limit=options.eval_limit,
+            tensorboard_dir=options.tensorboard_dir, batch_size=options.batch_size,
+        )
+        callbacks.append(evaluation)
+    snapshots = Path(options.snapshot_path)
+    snapshots.mkdir(parents=True, exist_ok=True)
+    # keras-retinanet's snapshot names: <backbone>_<epoch>.keras; a resumed run keeps its name
+    name = (SNAPSHOT_EPOCH.sub("", Path(options.snapshot).name) if options.snapshot
+            else options.preset or options.backbone)
+    checkpoint = str(snapshots / f"{name}_{{epoch:02d}}.keras")
+    callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint))
+    if options.tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir))
+    if options.time_limit:
+        callbacks.append(TimeLimit(options.time_limit))
+    # mAP is carried over the epochs between evaluations, so patience counts evaluations.
+    # Before the first evaluation there is no mAP yet: that is expected, not worth a warning.
+    warnings.filterwarnings("ignore", message=".*conditioned on metric `mAP` which is not")
+    monitor, mode, per = ("mAP", "max", options.eval_every) if evaluating else ("loss", "min", 1)
+    callbacks.append(keras.callbacks.ReduceLROnPlateau(
+        monitor=monitor, mode=mode, factor=0.1, patience=options.lr_patience * per, verbose=1,
+    ))
+    if evaluating:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="mAP", mode="max", patience=options.early_stopping_patience * per, verbose=1,
+        ))
+
+    history = model.fit(
+        batches, epochs=options.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
+        shuffle=False, callbacks=callbacks, verbose=options.verbose,
+    )
+    written = sorted(snapshots.glob(f"{name}_*.keras"), key=lambda p: p.stat().st_mtime)
+    return TrainResult(
+        model=model,
+        history=history.history,
+        last_snapshot=written[-1] if written else None,
+        evaluation=evaluation.result if evaluation else None,
+    )

@@ -1,0 +1,179 @@
+"""`ava-detector train / evaluate --model / predict / export` end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from detector_support import build, examples
+from PIL import Image
+
+from ava_keyframes.annotations import read_annotations
+from ava_keyframes.synth import write_stamped_video
+from detector import model as M
+from detector.cli import main
+from detector.predict import detect_images
+
+TINY = ["--backbone", "resnet18", "--backbone-width", "0.25", "--image-size", "96",
+        "--fpn-channels", "8", "--head-channels", "8", "--head-depth", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tfds")
+    build(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, data_dir) -> str:
+    """A tiny model on the toy AVA classes whose decoder keeps scores from 0.001, so that even
+    untrained it detects plenty (what is tested here is the plumbing, not the learning)."""
+    from detector.data import dataset_info
+
+    info = dataset_info("detector_toy_ava", data_dir)
+    model = M.build_model(info.num_classes, backbone="resnet18", image_size=96,
+                          backbone_width=0.25, fpn_channels=8, head_channels=8, head_depth=1,
+                          class_names=info.class_names, class_ids=info.class_ids,
+                          confidence_threshold=0.001, max_detections=20)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    M.compile_model(model).save(path)
+    return str(path)
+
+
+def one_line_error(capsys, argv: list[str], *needles: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ava-detector: error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_train_snapshots_evaluates_and_resumes(data_dir, tmp_path, capsys):
+    snapshots = tmp_path / "snapshots"
+    argv = ["train", "--dataset", "detector_toy_ava", "--data-dir", data_dir, *TINY,
+            "--epochs", "2", "--steps", "2", "--batch-size", "4", "--lr", "1e-3",
+            "--random-transform", "--eval-every", "2", "--snapshot-path", str(snapshots)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "validation mAP@0.5 = " in out and "| carry/hold (an object) | " in out
+    assert sorted(p.name for p in snapshots.iterdir()) == ["resnet18_01.keras",
+                                                           "resnet18_02.keras"]
+    # --snapshot resumes after epoch 2 with the saved optimizer: one more epoch, number 3
+    resume = ["train", "--dataset", "detector_toy_ava", "--data-dir", data_dir, "--steps", "2",
+              "--batch-size", "4", "--snapshot-path", str(snapshots), "--epochs", "3",
+              "--snapshot", str(snapshots / "resnet18_02.keras"), "--val-split", "none"]
+    assert main(resume) == 0
+    out = capsys.readouterr().out
+    assert "Epoch 3/3" in out and "Epoch 2/3" not in out
+    assert (snapshots / "resnet18_03.keras").is_file()
+    assert M.load_model(str(snapshots / "resnet18_03.keras")).optimizer.iterations.numpy() == 6
+
+
+def test_evaluate_model_writes_detections_and_scores_them(model_path, data_dir, tmp_path,
+                                                          capsys):
+    detections, report = tmp_path / "det.csv", tmp_path / "ap.json"
+    assert main(["evaluate", "--model", model_path, "--dataset", "detector_toy_ava",
+                 "--data-dir", data_dir, "--split", "validation",
+                 "--detections-out", str(detections), "--json", str(report)]) == 0
+    table = capsys.readouterr().out
+    assert "**mAP**" in table
+    result = json.loads(report.read_text())
+    truth = result["num_groundtruth"]
+    assert truth["carry/hold (an object)"] > 0 and sum(truth.values()) > 4
+    assert 0 <= result["mAP"] <= 1
+    rows = read_annotations(detections, kind="detections")
+    assert not rows.report and len(rows.table) == 4 * 20  # 4 keyframes, 20 detections each
+    assert set(rows.table["video_id"]) == {"validvideo0"}
+    assert set(rows.table["second"]) == {902, 903, 904, 905}
+
+
+def test_predict_images_and_video(model_path, tmp_path, capsys):
+    images = [image for _, _, image in examples(seed=5, count=2)]
+    named, other = tmp_path / "AbCdEfGhIjK_0910.png", tmp_path / "photo.png"
+    Image.fromarray(images[0]).save(named)
+    Image.fromarray(images[1]).save(other)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", model_path, str(named), str(other), "--out", str(out),
+                 "--min-score", "0"]) == 0
+    capsys.readouterr()
+    lines = (out / "detections.csv").read_text().splitlines()
+    keys = {tuple(line.split(",")[:2]) for line in lines}
+    assert keys == {("AbCdEfGhIjK", "910"), ("photo", "0")}
+    assert all(len(line.split(",")) == 8 for line in lines)
+    assert (out / "AbCdEfGhIjK_0910.png").is_file() and (out / "photo_0000.png").is_file()
+    drawn = np.asarray(Image.open(out / "photo_0000.png").convert("RGB"))
+    assert drawn.shape == images[1].shape and not np.array_equal(drawn, images[1])
+
+    video = tmp_path / "Video_id-01.mp4"
+    write_stamped_video(video, duration=3, fps=10, size=(96, 64))
+    out = tmp_path / "video"
+    assert main(["predict", "--model", model_path, "--video", str(video), "--seconds", "0,1-2",
+                 "--out", str(out), "--no-pictures"]) == 0
+    rows = read_annotations(out / "detections.csv", kind="detections")
+    assert not rows.report
+    assert set(rows.table["video_id"]) == {"Video_id-01"}
+    assert set(rows.table["second"]) == {0, 1, 2}
+    assert not list(out.glob("*.png"))
+
+
+def test_export_saved_model_is_callable_and_matches_keras(model_path, tmp_path, capsys):
+    assert main(["export", "--model", model_path, "--out", str(tmp_path / "export")]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "export" / "model.keras").is_file()
+    loaded = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
+    image = next(examples(seed=6, count=1))[2]
+    out = loaded.signatures["serving_default"](images=tf.constant(np.stack([image, image])))
+    assert out["boxes"].shape == (2, 20, 4) and out["num_detections"].numpy().tolist() == [20, 20]
+    names = loaded.signatures["class_names"]()["names"].numpy()
+    assert names[16].decode() == "carry/hold (an object)"
+    model = M.load_model(model_path)
+    _, expected = next(detect_images(model, [("x" * 11, 0, image)]))
+    np.testing.assert_allclose(out["boxes"][0].numpy(), expected.boxes, atol=1e-5)
+    np.testing.assert_allclose(out["scores"][0].numpy(), expected.scores, atol=1e-5)
+    np.testing.assert_array_equal(out["classes"][0].numpy(), expected.classes)
+    np.testing.assert_array_equal(out["class_ids"][0].numpy(),
+                                  [model.class_ids[c] for c in expected.classes])
+
+
+def test_user_mistakes_are_one_line_errors(model_path, data_dir, tmp_path, capsys):
+    one_line_error(capsys, ["predict", "--model", str(tmp_path / "nope.keras"), "x.png",
+                            "--out", str(tmp_path)], "nope.keras")
+    one_line_error(capsys, ["predict", "--model", model_path, str(tmp_path / "missing.png"),
+                            "--out", str(tmp_path)], "missing.png", "no such file")
+    one_line_error(capsys, ["predict", "--model", model_path, "--video", "clip.mp4",
+                            "--seconds", "1", "--out", str(tmp_path)], "invalid video id")
+    one_line_error(capsys, ["predict", "--model", model_path, "--video", "abcdefghijk.mp4",
+                            "--seconds", "9x", "--out", str(tmp_path)], "--seconds")
+    one_line_error(capsys, ["train", "--dataset", "no_such_dataset", "--data-dir", data_dir],
+                   "no_such_dataset")
+    one_line_error(capsys, ["train", "--dataset", "detector_toy_ava", "--data-dir", data_dir,
+                            "--backbone", "vgg"], "unknown backbone 'vgg'")
+    one_line_error(capsys, ["train", "--dataset", "detector_toy_ava", "--data-dir", data_dir,
+                            "--preset", "nope"], "unknown KerasCV preset 'nope'")
+    one_line_error(capsys, ["train", "--dataset", "detector_toy_ava", "--data-dir", data_dir,
+                            "--split", "test"], "no split 'test'")
+    one_line_error(capsys, ["train", "--dataset", "detector_toy_voc", "--data-dir", data_dir,
+                            "--val-split", "validation"], "no split 'validation' to evaluate")
+    one_line_error(capsys, ["evaluate", "--model", model_path], "--dataset")
+    one_line_error(capsys, ["evaluate", "--model", model_path, "--dataset", "detector_toy_voc",
+                            "--data-dir", data_dir, "--split", "test"],
+                   "not those of detector_toy_voc")
+    one_line_error(capsys, ["export", "--model", str(tmp_path / "none.keras"), "--out",
+                            str(tmp_path)], "none.keras")
+
+
+def test_pictures_show_truth_in_white_and_one_label_per_box():
+    from detector.predict import Keyframe, draw_keyframe
+
+    image = np.full((60, 80, 3), 100, np.uint8)
+    keyframe = Keyframe("x" * 11, 902, boxes=np.array([[0.5, 0.5, 0.9, 0.9]] * 2),
+                        scores=np.array([0.9, 0.8]), classes=np.array([0, 1]))
+    picture = draw_keyframe(image, keyframe, ["sit", "carry"], truth_pixels=np.array(
+        [[10.0, 10.0, 30.0, 50.0]]))
+    assert picture.shape == image.shape and picture.dtype == np.uint8
+    assert (picture[10, 10:31] == 255).all() and (picture[30, 10] == 255).all()
+    untouched = draw_keyframe(image, keyframe, ["sit", "carry"], min_score=0.95)
+    np.testing.assert_array_equal(untouched, image)  # nothing above 0.95: nothing drawn
