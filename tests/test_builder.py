@@ -1,0 +1,453 @@
+"""The TFDS builder `ava_keyframes`: dummy-data test, real `tfds build` runs, Beam, resume.
+
+The end-to-end tests build a small synthetic corpus whose videos are served by a loopback
+HTTP mirror (one of them missing: an unavailable video), run the real `tfds build` CLI as
+subprocesses (with `--imports`, from inside the dataset folder, with Beam, and once killed
+midway and run again), then read everything back with `tfds.load` in a separate process and
+directory. Every image is checked by its frame stamp against the frame the corpus says is
+shown at that second.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ava_keyframes import ava_keyframes_dataset_builder as builder_module
+from ava_keyframes.cli import main as cli_main
+from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
+from ava_keyframes.synth import make_corpus
+
+DATASET_FOLDER = Path(builder_module.__file__).parent
+TFDS_CLI = str(Path(sys.executable).parent / "tfds")
+LABELMAP = read_labelmap(default_labelmap_path())
+SIZE = (96, 72)
+EMPTY_SECOND = 900  # in the corpus videos' still pre-roll, before the annotated 902..904
+
+
+# --- TFDS's own dataset test, on dummy_data/ --------------------------------------------------
+# dummy_data/ was written by `ava-keyframes synth dummy_data --videos 2 --seconds 3 --start 1
+# --fps 10 --size 96x72 --seed 0`, with the four CSVs also copied under their v2.1 names.
+
+
+class AvaKeyframesDummyDataTest(tfds.testing.DatasetBuilderTestCase):
+    """Both configs on dummy_data/: 3 keyframes per video, 1 of them excluded."""
+
+    DATASET_CLASS = builder_module.Builder
+    SPLITS = {"train": 2, "validation": 2}
+
+    @pytest.fixture(autouse=True)
+    def _videos_from_dummy_data_only(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("AVA_KEYFRAMES_SOURCES", "local")
+        monkeypatch.setenv("AVA_KEYFRAMES_CACHE", str(tmp_path / "cache"))
+
+
+# --- unit tests ------------------------------------------------------------------------------
+
+
+def test_select_keyframes_is_deterministic_spread_and_bounded():
+    seconds = list(range(902, 1799))
+    chosen = builder_module.select_keyframes(seconds, 5)
+    assert chosen == builder_module.select_keyframes(list(seconds), 5)
+    assert len(chosen) == len(set(chosen)) == 5 and chosen == sorted(chosen)
+    gaps = np.diff(chosen)
+    assert gaps.max() - gaps.min() <= 1  # evenly spread over the whole range
+    assert chosen[0] - 902 < 100 and 1798 - chosen[-1] < 100
+    assert builder_module.select_keyframes([902, 903], 5) == [902, 903]
+    assert builder_module.select_keyframes([902, 903, 904], None) == [902, 903, 904]
+
+
+def test_pixel_box_scales_and_clips():
+    pixels = builder_module.pixel_box((-0.1, 0.2, 1.2, 0.5), 100, 50)
+    assert pixels.dtype == np.float32
+    np.testing.assert_allclose(pixels, [0, 10, 100, 25])
+
+
+def test_custom_config_options_are_validated():
+    with pytest.raises(ValueError, match="max_per_video"):
+        builder_module.AvaKeyframesConfig(name="x", max_per_video=0)
+    with pytest.raises(ValueError, match="ava_version"):
+        builder_module.AvaKeyframesConfig(name="x", ava_version="3.0")
+
+
+# --- in-process builds: options, nothing to write ---------------------------------------------
+
+
+def _build_in_process(root: Path, manual: Path, config) -> tfds.core.DatasetBuilder:
+    builder = builder_module.Builder(config=config, data_dir=str(root / "data"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVA_KEYFRAMES_SOURCES", "local")
+        patch.setenv("AVA_KEYFRAMES_CACHE", str(root / "cache"))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+        )
+    return builder
+
+
+def test_options_keep_one_keyframe_per_video_at_max_side(tmp_path):
+    config = builder_module.AvaKeyframesConfig(name="v2.2_k1_s48", max_per_video=1, max_side=48)
+    builder = _build_in_process(tmp_path, DATASET_FOLDER / "dummy_data", config)
+    report = json.loads((Path(builder.data_dir) / "build_report.json").read_text())
+    assert report["options"] == {"max_per_video": 1, "max_side": 48}
+    for split, csv_split in (("train", "train"), ("validation", "val")):
+        examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
+        excluded = (DATASET_FOLDER / "dummy_data" / "annotations" /
+                    f"ava_{csv_split}_excluded_timestamps_v2.2.csv").read_text()
+        kept = [s for s in (1, 2, 3) if f",{s:04d}" not in excluded]  # 2 of keyframes 1..3
+        assert [int(e["timestamp"]) for e in examples] == [kept[1]]  # K=1: the middle of 2
+        assert examples[0]["image"].shape[:2] == (36, 48)
+        bbox, pixels = examples[0]["objects"]["bbox"], examples[0]["objects"]["box_pixels"]
+        np.testing.assert_allclose(pixels, bbox[:, [1, 0, 3, 2]] * [48, 36, 48, 36], atol=1e-3)
+        counts = report["splits"][split]
+        assert counts["keyframes_annotated"] == 2 and counts["keyframes_written"] == 1
+        assert counts["keyframes_skipped"] == {builder_module.OVER_LIMIT: 1}
+
+
+def test_examples_lost_after_generation_fail_the_build(tmp_path, monkeypatch):
+    """What a runner that drops an example looks like: generated, counted, never stored."""
+    generate = builder_module.video_examples
+
+    def dropping_the_first(job, fetched, work, outcome):
+        yield from list(generate(job, fetched, work, outcome))[1:]
+
+    monkeypatch.setattr(builder_module, "video_examples", dropping_the_first)
+    with pytest.raises(RuntimeError, match="2 examples were generated but 1 were written"):
+        _build_in_process(tmp_path, DATASET_FOLDER / "dummy_data", "v2.2")
+    assert not (tmp_path / "data" / "ava_keyframes" / "v2.2" / "1.0.0").exists()
+
+
+def test_split_without_any_video_is_a_clear_error(tmp_path):
+    manual = tmp_path / "manual"
+    shutil.copytree(DATASET_FOLDER / "dummy_data" / "annotations", manual / "annotations")
+    with pytest.raises(RuntimeError, match=r"no keyframe of split 'train'.*0ogRTCEBL0p: local"):
+        _build_in_process(tmp_path, manual, "v2.2")
+
+
+# --- end to end: loopback mirror -> `tfds build` -> `tfds.load` elsewhere ----------------------
+
+
+class _Mirror:
+    """A loopback HTTP server over a folder; records request paths; optional delay."""
+
+    def __init__(self, folder: Path):
+        self.requests: list[str] = []
+        self.delay = 0.0
+        mirror = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                mirror.requests.append(self.path)
+                time.sleep(mirror.delay)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # a killed client
+                    super().handle_error(request, client_address)
+
+        handler = functools.partial(Handler, directory=str(folder))
+        self.server = Server(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """Corpus of 6 videos (4 train, 2 val) x 3 keyframes at 902..904. The mirror serves all
+    but two train videos: one is missing everywhere (unavailable), the other is a local file
+    in the manual dir that is no video (decoding fails)."""
+    root = tmp_path_factory.mktemp("e2e")
+    info = make_corpus(root / "corpus", videos=6, seconds=3, size=SIZE, fps=10, seed=3)
+    missing, broken = info.ids["train"][1], info.ids["train"][2]
+    served = root / "served"
+    served.mkdir()
+    for video_id, path in info.videos.items():
+        if video_id not in (missing, broken):
+            os.link(path, served / path.name)
+    manual = root / "manual"
+    shutil.copytree(info.annotations_dir, manual / "annotations")
+    with open(info.annotation_csv("val"), "a") as handle:  # a keyframe without any person
+        handle.write(f"{info.ids['val'][0]},{EMPTY_SECOND:04d}\n")
+    shutil.copy(info.annotation_csv("val"), manual / "annotations")
+    (manual / "videos").mkdir()
+    (manual / "videos" / info.videos[broken].name).write_bytes(b"not a video at all")
+    mirror = _Mirror(served)
+    yield {"root": root, "info": info, "missing": missing, "broken": broken, "manual": manual,
+           "mirror": mirror}
+    mirror.close()
+
+
+def _env(e2e, cache: str) -> dict[str, str]:
+    return {**os.environ, "AVA_KEYFRAMES_SOURCES": "local,mirror",
+            "AVA_KEYFRAMES_MIRROR": e2e["mirror"].url,
+            "AVA_KEYFRAMES_CACHE": str(e2e["root"] / cache), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _tfds_build(e2e, data_dir: str, *extra: str, cwd: Path | None = None, imports: bool = True,
+                cache: str = "cache") -> subprocess.Popen:
+    cmd = [TFDS_CLI, "build", *(["ava_keyframes", "--imports", "ava_keyframes"] if imports
+                                else []),
+           "--config", "v2.2", "--manual_dir", str(e2e["manual"]),
+           "--data_dir", str(e2e["root"] / data_dir), *extra]
+    return subprocess.Popen(cmd, cwd=cwd or e2e["root"], env=_env(e2e, cache),  # noqa: S603
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process: subprocess.Popen) -> None:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+
+
+@pytest.fixture(scope="module")
+def builds(e2e):
+    """Data dirs of: a plain build with --imports, one from inside the dataset folder, a Beam
+    build, and a build killed after its first video then run again (its own cache)."""
+    plain = _tfds_build(e2e, "plain")
+    _finish(plain)  # fills the shared cache; the next two read it
+    in_folder = _tfds_build(e2e, "in_folder", cwd=DATASET_FOLDER, imports=False)
+    beam = _tfds_build(e2e, "beam", "--beam_pipeline_options=runner=FnApiRunner,"
+                       "direct_num_workers=2,direct_running_mode=multi_processing")
+    _finish(in_folder)
+    _finish(beam)
+
+    mirror, killed_cache = e2e["mirror"], e2e["root"] / "killed-cache" / "videos"
+    mirror.delay = 1.0  # per request: the next download is still running when we kill
+    killed = _tfds_build(e2e, "killed", cache="killed-cache")
+    deadline = time.monotonic() + 120
+    while not (killed_cache.is_dir() and any(killed_cache.iterdir())):
+        assert killed.poll() is None and time.monotonic() < deadline, "build ended too soon"
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    mirror.delay = 0.0
+    assert not (e2e["root"] / "killed/ava_keyframes/v2.2/1.0.0").exists()  # stopped midway
+    first_video, rerun_starts = next(killed_cache.iterdir()).name, len(mirror.requests)
+    _finish(_tfds_build(e2e, "killed", cache="killed-cache"))
+    assert f"/{first_video}" not in mirror.requests[rerun_starts:]  # not downloaded again
+    return {name: e2e["root"] / name for name in ("plain", "in_folder", "beam", "killed")}
+
+
+_LOADER = textwrap.dedent("""
+    import hashlib, json, sys
+    from pathlib import Path
+    import matplotlib
+    matplotlib.use("Agg")
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    import ava_keyframes
+    from ava_keyframes.synth import read_frame_stamp
+
+    plain, others, out = Path(sys.argv[1]), sys.argv[2:-1], Path(sys.argv[-1])
+    result = {"examples": {}, "content": {}}
+    for split in ("train", "validation"):
+        ds, info = tfds.load("ava_keyframes/v2.2", split=split, data_dir=str(plain),
+                             with_info=True)
+        for ex in ds:
+            key = f"{ex['video_id'].numpy().decode()}_{int(ex['timestamp']):04d}"
+            objects = ex["objects"]
+            result["examples"][key] = {
+                "split": split, "stamp": read_frame_stamp(ex["image"].numpy()),
+                "size": list(ex["image"].shape[:2]),
+                "bbox": objects["bbox"].numpy().tolist(),
+                "box_pixels": objects["box_pixels"].numpy().tolist(),
+                "labels": objects["labels"].to_list(),
+                "person_id": objects["person_id"].numpy().tolist(),
+            }
+    figure = tfds.visualization.show_examples(ds, info, rows=1, cols=2)
+    figure.savefig(out / "examples.png")
+    frame = tfds.as_dataframe(ds.take(2), info)
+    result["dataframe"] = {"rows": len(frame), "columns": sorted(frame.columns)}
+    for data_dir in [str(plain), *others]:
+        folder = Path(data_dir) / "ava_keyframes" / "v2.2" / "1.0.0"
+        result["content"][data_dir] = {
+            split: sorted(
+                hashlib.sha256(tf.train.Example.FromString(record.numpy()).SerializeToString(
+                    deterministic=True)).hexdigest()
+                for record in tf.data.TFRecordDataset(
+                    sorted(map(str, folder.glob(f"ava_keyframes-{split}.tfrecord-*"))))
+            )
+            for split in ("train", "validation")
+        }
+        report = json.loads((folder / "build_report.json").read_text())
+        for split_report in report["splits"].values():  # reasons differ once one is recorded
+            split_report["videos_unavailable"] = sorted(split_report["videos_unavailable"])
+        result["content"][data_dir]["report"] = report
+        result["content"][data_dir]["loaded"] = {
+            split: sum(1 for _ in tfds.load("ava_keyframes/v2.2", split=split,
+                                            data_dir=data_dir))
+            for split in ("train", "validation")
+        }
+    (out / "loaded.json").write_text(json.dumps(result))
+""")
+
+
+@pytest.fixture(scope="module")
+def loaded(e2e, builds, tmp_path_factory):
+    """Everything read back by `tfds.load` in another process, from another directory."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    script = elsewhere / "load.py"
+    script.write_text(_LOADER)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"}
+    dirs = [str(builds[name]) for name in ("plain", "in_folder", "beam", "killed")]
+    result = subprocess.run([sys.executable, str(script), *dirs, str(elsewhere)],  # noqa: S603
+                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((elsewhere / "loaded.json").read_text())
+    data["figure"] = elsewhere / "examples.png"
+    return data
+
+
+def _expected_keyframes(info, split: str) -> dict[tuple[str, int], dict[int, tuple]]:
+    """(video, second) -> person id -> (box x1 y1 x2 y2, sorted class indices), from the CSV."""
+    persons: dict[tuple[str, int], dict[int, tuple]] = defaultdict(dict)
+    with open(info.annotation_csv(split), newline="") as handle:
+        for row in csv.reader(handle):
+            key = (row[0], int(row[1]))
+            if key in info.excluded[split]:
+                continue
+            if len(row) == 2:
+                persons[key] = {}
+                continue
+            video_id, second, x1, y1, x2, y2, action, person = row
+            box = tuple(map(float, (x1, y1, x2, y2)))
+            _, labels = persons[key].get(int(person), (box, ()))
+            persons[key][int(person)] = (box, tuple(sorted({*labels,
+                                                            LABELMAP.index_of(int(action))})))
+    return persons
+
+
+def test_load_gives_every_expected_keyframe_with_the_right_frame(e2e, loaded):
+    info, examples = e2e["info"], loaded["examples"]
+    for split, tfds_split in (("train", "train"), ("val", "validation")):
+        expected = {k for k in _expected_keyframes(info, split)
+                    if k[0] not in (e2e["missing"], e2e["broken"])}
+        got = {(key[:11], int(key[12:])) for key, ex in examples.items()
+               if ex["split"] == tfds_split}
+        assert got == expected
+        assert not got & info.excluded[split]
+    for key, example in examples.items():
+        video_id, second = key[:11], int(key[12:])
+        frame = info.keyframe_frames.get((video_id, second), int(second * info.fps))
+        assert example["stamp"] == frame, key
+        assert example["size"] == [SIZE[1], SIZE[0]]
+
+
+def test_boxes_and_multi_labels_match_the_csv(e2e, loaded):
+    info = e2e["info"]
+    expected = {**_expected_keyframes(info, "train"), **_expected_keyframes(info, "val")}
+    multi_label_persons = 0
+    for key, example in loaded["examples"].items():
+        persons = expected[key[:11], int(key[12:])]
+        height, width = example["size"]
+        bbox = np.reshape(example["bbox"], (-1, 4))
+        pixels = np.reshape(example["box_pixels"], (-1, 4))
+        np.testing.assert_allclose(pixels, bbox[:, [1, 0, 3, 2]] * ([width, height] * 2),
+                                   atol=1e-3)
+        assert sorted(example["person_id"]) == sorted(persons)
+        for person_id, box, labels in zip(example["person_id"], bbox, example["labels"],
+                                          strict=True):
+            csv_box, csv_labels = persons[person_id]
+            np.testing.assert_allclose(box, np.array(csv_box)[[1, 0, 3, 2]], atol=1e-6)
+            assert tuple(labels) == csv_labels
+            multi_label_persons += len(labels) > 1
+    assert multi_label_persons > 0
+    empty = loaded["examples"][f"{e2e['info'].ids['val'][0]}_{EMPTY_SECOND:04d}"]
+    assert empty["person_id"] == [] and empty["bbox"] == [] and empty["labels"] == []
+
+
+def test_build_report_counts_unavailable_and_undecodable_videos(e2e, loaded, builds):
+    info, missing, broken = e2e["info"], e2e["missing"], e2e["broken"]
+    report = loaded["content"][str(builds["plain"])]["report"]
+    train = report["splits"]["train"]
+    assert train["videos_unavailable"] == [missing]
+    expected = _expected_keyframes(info, "train")
+    unavailable = sum(1 for video_id, _ in expected if video_id == missing)
+    undecodable = sum(1 for video_id, _ in expected if video_id == broken)
+    assert train["keyframes_skipped"] == {builder_module.VIDEO_UNAVAILABLE: unavailable,
+                                          builder_module.FRAME_MISSING: undecodable}
+    assert list(train["video_errors"]) == [broken]
+    assert train["keyframes_annotated"] == len(expected)
+    assert train["keyframes_written"] == len(expected) - unavailable - undecodable == sum(
+        ex["split"] == "train" for ex in loaded["examples"].values())
+    with open(info.annotation_csv("train"), newline="") as handle:
+        rows = list(csv.reader(handle))
+    on_excluded = sum((r[0], int(r[1])) in info.excluded["train"] for r in rows)
+    assert train["rows_read"] == len(rows) and on_excluded > 0
+    assert train["rows_skipped"] == {"timestamp: excluded keyframe": on_excluded}
+    assert train["rows_used"] == len(rows) - on_excluded and train["rows_without_boxes"] == 0
+    validation = report["splits"]["validation"]
+    assert validation["rows_without_boxes"] == 1
+    assert validation["keyframes_written"] == validation["keyframes_annotated"]
+
+
+def test_folder_beam_and_resumed_builds_hold_the_same_content(loaded, builds):
+    content = loaded["content"]
+    plain = content[str(builds["plain"])]
+    assert len(plain["train"]) > 0 and len(plain["validation"]) > 0
+    for name in ("in_folder", "beam", "killed"):
+        assert content[str(builds[name])] == plain, name
+
+
+def test_show_examples_and_as_dataframe_work(loaded):
+    assert loaded["figure"].stat().st_size > 0
+    assert loaded["dataframe"]["rows"] == 2
+    assert {"image", "objects/bbox", "objects/labels", "video_id"} <= set(
+        loaded["dataframe"]["columns"])
+
+
+# --- export-csv ------------------------------------------------------------------------------
+
+
+def test_export_csv_writes_images_annotations_and_classes(e2e, builds, loaded, tmp_path):
+    out = tmp_path / "export"
+    code = cli_main(["export-csv", "--data-dir", str(builds["plain"]), "--split", "validation",
+                     "--out", str(out)])
+    assert code == 0
+    with open(out / "annotations.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    validation = {k: ex for k, ex in loaded["examples"].items() if ex["split"] == "validation"}
+    expected_rows = []
+    for key, example in validation.items():
+        if not example["person_id"]:
+            expected_rows.append([f"images/{key}.jpg", "", "", "", "", ""])
+        for pixels, labels in zip(example["box_pixels"], example["labels"], strict=True):
+            corners = [str(round(v)) for v in pixels]
+            expected_rows += [[f"images/{key}.jpg", *corners, LABELMAP.names[label]]
+                              for label in labels]
+    assert sorted(rows) == sorted(expected_rows)
+    assert {p.name for p in (out / "images").iterdir()} == {f"{k}.jpg" for k in validation}
+    with open(out / "classes.csv", newline="") as handle:
+        classes = list(csv.reader(handle))
+    assert classes == [[name, str(i)] for i, name in enumerate(LABELMAP.names)]
+
+
+def test_export_csv_unknown_split_is_a_one_line_error(builds, tmp_path, capsys):
+    code = cli_main(["export-csv", "--data-dir", str(builds["plain"]), "--split", "test",
+                     "--out", str(tmp_path / "x")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ava-keyframes: error: ") and "'test'" in err[-1]
+    assert not any("Traceback" in line for line in err)
