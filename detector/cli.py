@@ -227,6 +227,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- demo ---
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from detector.demo import DemoSettings, print_summary, run_demo
+
+    settings = DemoSettings(train_minutes=args.train_minutes)
+    print_summary(run_demo(args.out, settings))
+    return 0
+
+
 # --- export ---
 def _cmd_export(args: argparse.Namespace) -> int:
     from detector.model import ModelError, load_model
@@ -326,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", required=True, help=".keras model from train")
     export.add_argument("--out", required=True, help="output folder")
     export.set_defaults(func=_cmd_export)
+
+    demo = sub.add_parser(
+        "demo", help="the whole pipeline on a synthetic corpus, offline (what `make demo` runs)")
+    demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    demo.add_argument("--train-minutes", type=float, default=6.0, help="training budget")
+    demo.set_defaults(func=_cmd_demo)
     p = sub.add_parser(
         "evaluate", help="per-class AP by the official AVA frame-mAP protocol",
         description="Score AVA-format detections against ground truth (official AVA frame-mAP: "

@@ -224,7 +224,8 @@ def train(options: TrainOptions) -> TrainResult:
     warnings.filterwarnings("ignore", message=".*conditioned on metric `mAP` which is not")
     monitor, mode, per = ("mAP", "max", options.eval_every) if evaluating else ("loss", "min", 1)
     callbacks.append(keras.callbacks.ReduceLROnPlateau(
-        monitor=monitor, mode=mode, factor=0.1, patience=options.lr_patience * per, verbose=1,
+        monitor=monitor, mode=mode, factor=0.1, patience=options.lr_patience * per,
+        min_lr=options.lr * 1e-3, verbose=1,
     ))
     if evaluating:
         callbacks.append(keras.callbacks.EarlyStopping(

@@ -143,7 +143,9 @@ def test_excluded_timestamps(shared_ava, tmp_path):
         read_excluded(write(tmp_path, "aaaaaaaaaaa,0902\naaaaaaaaaaa\n", name="bad.csv"))
 
 
-@pytest.mark.parametrize("bad", ["../x", "-oEVIL", "a;b", "a" * 12, "", "abc def ghi", "abcdefghijk\n"])
+@pytest.mark.parametrize(
+    "bad", ["../x", "-oEVIL", "a;b", "a" * 12, "", "abc def ghi", "abcdefghijk\n"]
+)
 def test_check_video_id_rejects_hostile_ids(bad):
     with pytest.raises(ValueError, match="invalid video id"):
         check_video_id(bad)

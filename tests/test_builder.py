@@ -11,8 +11,6 @@ shown at that second.
 from __future__ import annotations
 
 import csv
-import functools
-import http.server
 import json
 import os
 import shutil
@@ -20,7 +18,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +29,7 @@ import tensorflow_datasets as tfds
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
 from ava_keyframes.cli import main as cli_main
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
-from ava_keyframes.synth import make_corpus
+from ava_keyframes.synth import LoopbackMirror, make_corpus
 
 DATASET_FOLDER = Path(builder_module.__file__).parent
 TFDS_CLI = str(Path(sys.executable).parent / "tfds")
@@ -142,38 +139,6 @@ def test_split_without_any_video_is_a_clear_error(tmp_path):
 # --- end to end: loopback mirror -> `tfds build` -> `tfds.load` elsewhere ----------------------
 
 
-class _Mirror:
-    """A loopback HTTP server over a folder; records request paths; optional delay."""
-
-    def __init__(self, folder: Path):
-        self.requests: list[str] = []
-        self.delay = 0.0
-        mirror = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                mirror.requests.append(self.path)
-                time.sleep(mirror.delay)
-                super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            def handle_error(self, request, client_address):
-                if not isinstance(sys.exc_info()[1], ConnectionError):  # a killed client
-                    super().handle_error(request, client_address)
-
-        handler = functools.partial(Handler, directory=str(folder))
-        self.server = Server(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     """Corpus of 6 videos (4 train, 2 val) x 3 keyframes at 902..904. The mirror serves all
@@ -194,7 +159,7 @@ def e2e(tmp_path_factory):
     shutil.copy(info.annotation_csv("val"), manual / "annotations")
     (manual / "videos").mkdir()
     (manual / "videos" / info.videos[broken].name).write_bytes(b"not a video at all")
-    mirror = _Mirror(served)
+    mirror = LoopbackMirror(served)
     yield {"root": root, "info": info, "missing": missing, "broken": broken, "manual": manual,
            "mirror": mirror}
     mirror.close()
