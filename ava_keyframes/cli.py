@@ -191,6 +191,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # --- parsers ---
+    p = sub.add_parser("labelmap", help="read an AVA label map (.pbtxt)")
+    p.add_argument("pbtxt", help="label map in 'label {...}' or 'item {...}' form")
+    p.add_argument("--json", action="store_true", help="print [{id, name, type}] as JSON")
+    p.add_argument("--classes-csv", metavar="OUT", help="write keras-retinanet's classes CSV")
+    p.set_defaults(func=_cmd_labelmap)
+
+    p = sub.add_parser("inspect", help="validate an AVA annotation CSV and count what it holds")
+    p.add_argument("csv", help="AVA CSV (7 or 8 columns)")
+    p.add_argument("--labelmap", metavar="PBTXT", help="reject actions not in this label map")
+    p.add_argument("--excluded", metavar="CSV", help="excluded-timestamps CSV to leave out")
+    p.add_argument("--json", action="store_true", help="counts and rejected rows as JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("synth", help="write a synthetic AVA corpus (videos and annotations)",
+                       description="Write OUT/videos/<id>.<ext> and OUT/annotations/ (train and "
+                       "val CSVs, label map, excluded timestamps) in the real AVA formats. "
+                       "Every frame carries its index in a stamp along the top edge.")
+    p.add_argument("out", help="new or empty output folder")
+    p.add_argument("--videos", type=int, required=True, help="number of videos")
+    p.add_argument("--seconds", type=int, required=True, help="annotated seconds per video")
+    p.add_argument("--start", type=int, default=902,
+                   help="first keyframe second; videos are START+SECONDS long (default 902)")
+    p.add_argument("--fps", default="30",
+                   help="frame rate, e.g. 30, 29.97 (= 30000/1001), 25 (default 30)")
+    p.add_argument("--size", default="320x240", metavar="WxH", help="frame size (default 320x240)")
+    p.add_argument("--container", choices=("mp4", "mkv", "webm"), default="mp4",
+                   help="mp4 or mkv (H.264) or webm (VP9)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same corpus)")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("download", help="fetch AVA videos into a resumable cache",
+                       description="Fetch videos through local folder, CVDF mirror and YouTube "
+                       "(first success wins) into CACHE/videos/. Permanent failures are "
+                       "recorded in CACHE/unavailable.json and skipped on later runs.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", metavar="ID,ID", help="comma-separated video ids")
+    which.add_argument("--csv", metavar="FILE", help="AVA annotation CSV: fetch its videos")
+    p.add_argument("--cache", required=True, metavar="DIR", help="video cache folder")
+    p.add_argument("--sources", metavar="LIST",
+                   help="order of local,mirror,youtube (default: $AVA_KEYFRAMES_SOURCES or all)")
+    p.add_argument("--mirror", metavar="URL",
+                   help="mirror base URL (default: $AVA_KEYFRAMES_MIRROR or the CVDF mirror)")
+    p.add_argument("--youtube-url-template", metavar="T", help="URL with {id} (default: "
+                   "$AVA_KEYFRAMES_YOUTUBE_TEMPLATE or https://www.youtube.com/watch?v={id})")
+    p.add_argument("--manual-dir", metavar="D", help="folder whose videos/ holds local files")
+    p.add_argument("--jobs", type=int, default=4, help="concurrent downloads (default 4)")
+    p.add_argument("--retry-unavailable", action="store_true",
+                   help="try again the videos recorded as unavailable")
+    p.add_argument("--json", action="store_true",
+                   help='one {"id", "status", "path", "source", "reason"} per line')
+    p.set_defaults(func=_cmd_download)
+
     p = sub.add_parser("frames", help="extract frame-exact keyframes from a video",
                        description="Write DIR/<second>.<format> for each requested second: "
                        "the first frame whose presentation time, counted from the video's "
@@ -216,71 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="v2.2",
                    help="builder config, or the name of a custom one (default v2.2)")
     p.set_defaults(func=_cmd_export_csv)
-
-    p = sub.add_parser("synth", help="write a synthetic AVA corpus (videos and annotations)",
-                       description="Write OUT/videos/<id>.<ext> and OUT/annotations/ (train and "
-                       "val CSVs, label map, excluded timestamps) in the real AVA formats. "
-                       "Every frame carries its index in a stamp along the top edge.")
-    p.add_argument("out", help="new or empty output folder")
-    p.add_argument("--videos", type=int, required=True, help="number of videos")
-    p.add_argument("--seconds", type=int, required=True, help="annotated seconds per video")
-    p.add_argument("--start", type=int, default=902,
-                   help="first keyframe second; videos are START+SECONDS long (default 902)")
-    p.add_argument("--fps", default="30",
-                   help="frame rate, e.g. 30, 29.97 (= 30000/1001), 25 (default 30)")
-    p.add_argument("--size", default="320x240", metavar="WxH", help="frame size (default 320x240)")
-    p.add_argument("--container", choices=("mp4", "mkv", "webm"), default="mp4",
-                   help="mp4 or mkv (H.264) or webm (VP9)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same corpus)")
-    p.set_defaults(func=_cmd_synth)
-
-    p = sub.add_parser("labelmap", help="read an AVA label map (.pbtxt)")
-    p.add_argument("pbtxt", help="label map in 'label {...}' or 'item {...}' form")
-    p.add_argument("--json", action="store_true", help="print [{id, name, type}] as JSON")
-    p.add_argument("--classes-csv", metavar="OUT", help="write keras-retinanet's classes CSV")
-    p.set_defaults(func=_cmd_labelmap)
-
-    p = sub.add_parser("inspect", help="validate an AVA annotation CSV and count what it holds")
-    p.add_argument("csv", help="AVA CSV (7 or 8 columns)")
-    p.add_argument("--labelmap", metavar="PBTXT", help="reject actions not in this label map")
-    p.add_argument("--excluded", metavar="CSV", help="excluded-timestamps CSV to leave out")
-    p.add_argument("--json", action="store_true", help="counts and rejected rows as JSON")
-    p.set_defaults(func=_cmd_inspect)
-
-    p = sub.add_parser("download", help="fetch AVA videos into a resumable cache",
-                       description="Fetch videos through local folder, CVDF mirror and YouTube "
-                       "(first success wins) into CACHE/videos/. Permanent failures are "
-                       "recorded in CACHE/unavailable.json and skipped on later runs.")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ids", metavar="ID,ID", help="comma-separated video ids")
-    which.add_argument("--csv", metavar="FILE", help="AVA annotation CSV: fetch its videos")
-    p.add_argument("--cache", required=True, metavar="DIR", help="video cache folder")
-    p.add_argument("--sources", metavar="LIST",
-                   help="order of local,mirror,youtube (default: $AVA_KEYFRAMES_SOURCES or all)")
-    p.add_argument("--mirror", metavar="URL",
-                   help="mirror base URL (default: $AVA_KEYFRAMES_MIRROR or the CVDF mirror)")
-    p.add_argument("--youtube-url-template", metavar="T", help="URL with {id} (default: "
-                   "$AVA_KEYFRAMES_YOUTUBE_TEMPLATE or https://www.youtube.com/watch?v={id})")
-    p.add_argument("--manual-dir", metavar="D", help="folder whose videos/ holds local files")
-    p.add_argument("--jobs", type=int, default=4, help="concurrent downloads (default 4)")
-    p.add_argument("--retry-unavailable", action="store_true",
-                   help="try again the videos recorded as unavailable")
-    p.add_argument("--json", action="store_true",
-                   help='one {"id", "status", "path", "source", "reason"} per line')
-    p.set_defaults(func=_cmd_download)
-
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run the chosen command; a CliError becomes one line and exit 2."""
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except CliError as error:
-        print(f"ava-keyframes: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

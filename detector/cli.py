@@ -6,9 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-
-class CliError(Exception):
-    """A user's mistake: printed as one line, exit code 2, no traceback."""
+from ava_keyframes.cli import CliError, run
 
 
 # --- train ---
@@ -377,14 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except CliError as error:
-        print(f"ava-detector: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":
