@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/learn.py [--out DIR] [--minutes 15]
 
+The pipeline of `make demo` (`detector.demo.run_demo`), with a bigger corpus and budget:
 1. `ava_keyframes.make_corpus`: videos whose people show their actions (pose 11/12/14,
    plus 17 carry/hold and 79 talk to on some, so persons carry up to three labels);
    the train and val CSVs use different videos.
-2. The `ava_keyframes` TFDS builder builds both splits from them (manual folder).
+2. `tfds build ava_keyframes`, its videos fetched from a loopback mirror.
 3. `detector.train.train` from scratch (random weights) for at most `--minutes`
    (evaluations included), with augmentation.
 4. The official AVA frame-mAP@0.5 (`detector.ap`, 60-class evaluation map) on the held-out
@@ -23,18 +24,14 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-import ava_keyframes  # noqa: F401 - registers the TFDS builder
-from ava_keyframes.synth import make_corpus
-from detector import ap
 from detector.data import dataset_info
-from detector.predict import detect_dataset, detections_table, evaluation_labelmap
-from detector.train import TrainOptions, classes_with_truth, train
+from detector.demo import CONFIG, DemoSettings, run_demo
+from detector.predict import detect_dataset
+from detector.train import classes_with_truth
 
 TARGET_MAP = 0.8
 SHOWN_SCORE = 0.3
@@ -85,45 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     out = Path(args.out or tempfile.mkdtemp(prefix="learn-"))
-    started = time.monotonic()
-    corpus = make_corpus(out / "corpus", videos=args.videos, seconds=args.seconds, seed=0)
-    data_dir = str(out / "tfds")
-    builder = tfds.builder("ava_keyframes", data_dir=data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(out / "corpus"))
+    settings = DemoSettings(
+        videos=args.videos, seconds=args.seconds, image_size=args.image_size,
+        backbone=args.backbone, backbone_width=args.backbone_width, channels=args.channels,
+        head_depth=args.head_depth, batch_size=args.batch_size, lr=args.lr,
+        train_minutes=args.minutes, eval_every=args.eval_every,
     )
-    splits = {name: split.num_examples for name, split in builder.info.splits.items()}
-    prepared = time.monotonic() - started
-    print(f"corpus and build: {prepared:.0f} s; videos {corpus.ids}; keyframes {splits}")
-
-    train_start = time.monotonic()
-    result = train(TrainOptions(
-        dataset="ava_keyframes", data_dir=data_dir, backbone=args.backbone,
-        backbone_width=args.backbone_width, image_size=args.image_size,
-        fpn_channels=args.channels, head_channels=args.channels, head_depth=args.head_depth,
-        batch_size=args.batch_size, lr=args.lr, epochs=1000, random_transform=True,
-        eval_every=args.eval_every, time_limit=args.minutes,
-        snapshot_path=str(out / "snapshots"), verbose=2,
-    ))
-    minutes = (time.monotonic() - train_start) / 60
-
-    info = dataset_info("ava_keyframes", data_dir)
-    groundtruth, keyframes = detect_dataset(result.model, info, "validation", data_dir=data_dir)
-    scored = ap.evaluate(groundtruth, detections_table(keyframes, info.class_ids),
-                         evaluation_labelmap(info))
+    demo = run_demo(out, settings)
+    splits, minutes, scored = demo.keyframes, demo.train_minutes, demo.evaluation
+    info = dataset_info(f"ava_keyframes/{CONFIG}", demo.data_dir)
+    groundtruth, keyframes = detect_dataset(demo.model, info, "validation",
+                                            data_dir=demo.data_dir)
     persons, complete = all_actions_found(groundtruth, keyframes, info.class_ids)
     print(classes_with_truth(scored))
     print(f"held-out mAP@0.5: {scored.mAP:.4f} = {scored.mAP / TARGET_MAP:.2f} x the "
           f"{TARGET_MAP} target")
     print(f"training: {minutes:.1f} min = {minutes / args.minutes:.2f} x the "
-          f"{args.minutes:g} min budget; {len(result.history['loss'])} epochs")
+          f"{args.minutes:g} min budget; {demo.epochs} epochs")
     print(f"multi-label persons with every action detected: {complete}/{persons}")
     (out / "result.json").write_text(json.dumps({
         "mAP": scored.mAP,
         "per_class": scored.to_json()["per_class"],
         "num_groundtruth": scored.num_groundtruth,
         "training_minutes": minutes,
-        "epochs": len(result.history["loss"]),
+        "epochs": demo.epochs,
         "keyframes": splits,
         "multi_label_persons": persons,
         "multi_label_persons_all_actions_found": complete,

@@ -49,6 +49,9 @@ class DemoResult:
     epochs: int
     train_minutes: float
     outputs: dict[str, str]
+    model: object  # the trained MultiLabelRetinaNet
+    data_dir: str
+    evaluation: object  # detector.ap.APResult on the validation split
 
 
 def build_dataset(corpus_root: Path, work: Path) -> tuple[str, dict]:
@@ -176,7 +179,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResul
         "settings": asdict(settings),
     }, indent=2))
     return DemoResult(keyframes, result.mAP, len(trained.history["loss"]), train_minutes,
-                      {name: str(path) for name, path in outputs.items()})
+                      {name: str(path) for name, path in outputs.items()}, trained.model,
+                      data_dir, result)
 
 
 def print_summary(result: DemoResult) -> None:
