@@ -334,6 +334,21 @@ def build_report(
     return report
 
 
+def keyframe_features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
+    """The features of one example: a keyframe with its persons (declared once, here)."""
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "video_id": tfds.features.Text(),
+        "timestamp": tfds.features.Scalar(dtype=np.int32),
+        "objects": tfds.features.Sequence({
+            "bbox": tfds.features.BBoxFeature(),
+            "box_pixels": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+            "labels": tfds.features.Sequence(tfds.features.ClassLabel(names=list(class_names))),
+            "person_id": tfds.features.Scalar(dtype=np.int32),
+        }),
+    })
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """AVA Actions v2.2 / v2.1: keyframes with multi-label person boxes."""
 
@@ -348,19 +363,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "video_id": tfds.features.Text(),
-                "timestamp": tfds.features.Scalar(dtype=np.int32),
-                "objects": tfds.features.Sequence({
-                    "bbox": tfds.features.BBoxFeature(),
-                    "box_pixels": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-                    "labels": tfds.features.Sequence(
-                        tfds.features.ClassLabel(names=_labelmap().names)
-                    ),
-                    "person_id": tfds.features.Scalar(dtype=np.int32),
-                }),
-            }),
+            features=keyframe_features(_labelmap().names),
             homepage="https://research.google.com/ava/",
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ava_keyframes.ava_keyframes_dataset_builder import keyframe_features
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 
 LABELMAP = read_labelmap(default_labelmap_path())
@@ -65,19 +66,7 @@ class DetectorToyAva(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return tfds.core.DatasetInfo(
             builder=self,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "video_id": tfds.features.Text(),
-                "timestamp": tfds.features.Scalar(dtype=np.int32),
-                "objects": tfds.features.Sequence({
-                    "bbox": tfds.features.BBoxFeature(),
-                    "box_pixels": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-                    "labels": tfds.features.Sequence(
-                        tfds.features.ClassLabel(names=LABELMAP.names)
-                    ),
-                    "person_id": tfds.features.Scalar(dtype=np.int32),
-                }),
-            }),
+            features=keyframe_features(LABELMAP.names),
         )
 
     def _split_generators(self, dl_manager):
