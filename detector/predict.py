@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from ava_keyframes.annotations import Annotations
+from ava_keyframes.annotations import VIDEO_ID_RE, Annotations
 from ava_keyframes.labelmap import LabelMap, evaluation_labelmap_path, read_labelmap
 from detector import ap
 from detector.data import DatasetInfo, eval_batches, letterbox
@@ -27,7 +27,7 @@ from detector.model import ModelError, MultiLabelRetinaNet
 
 CSV_COLUMNS = ["video_id", "second", "x1", "y1", "x2", "y2", "action_id", "score"]
 # An image named like a dataset key, `<video id>_<second>` (as exported), keeps that keyframe.
-KEYFRAME_STEM = re.compile(r"^(?P<video_id>[A-Za-z0-9_-]{11})_(?P<second>\d+)$")
+KEYFRAME_STEM = re.compile(rf"(?P<video_id>{VIDEO_ID_RE.pattern})_(?P<second>\d+)")
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def evaluate_model(
 def image_keyframe(path: Path) -> tuple[str, int]:
     """(video_id, second) for an image file: from a `<video id>_<second>` name (a dataset
     key, as the builder and export-csv name them), else the file's stem and second 0."""
-    match = KEYFRAME_STEM.match(path.stem)
+    match = KEYFRAME_STEM.fullmatch(path.stem)
     if match:
         return match["video_id"], int(match["second"])
     return path.stem, 0
