@@ -25,7 +25,8 @@ from ava_keyframes.labelmap import (
 )
 from ava_keyframes.media import VideoError, check_video, ffmpeg_binary
 from ava_keyframes.sources import FetchResult, VideoCache
-from ava_keyframes.synth import CorpusInfo, make_corpus, read_frame_stamp, write_stamped_video
+from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
+from ava_keyframes.synth import CorpusInfo, make_corpus
 
 __all__ = [
     "AnnotationError",

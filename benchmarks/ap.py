@@ -33,7 +33,7 @@ from ava_keyframes.labelmap import evaluation_labelmap_path
 from detector.ap import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBSET = ROOT.parent / "shared" / "ava" / "ava_val_v2.1_person_movement_subset.csv"
+SUBSET = ROOT / "tests" / "data" / "ava" / "ava_val_v2.1_person_movement_subset.csv"
 
 
 def generate_detections(groundtruth_csv: Path, out: Path, size: int, seed: int = 0) -> int:

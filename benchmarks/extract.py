@@ -30,7 +30,7 @@ import numpy as np
 
 import ava_keyframes.frames as frames
 from ava_keyframes.media import ffmpeg_binary
-from ava_keyframes.synth import read_frame_stamp, write_stamped_video
+from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
 
 SIZE = (640, 360)
 DENSE = list(range(902, 1799))

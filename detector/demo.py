@@ -57,7 +57,7 @@ class DemoResult:
 def build_dataset(corpus_root: Path, work: Path) -> tuple[str, dict]:
     """`tfds build` over the corpus's annotations, its videos fetched from a loopback mirror.
     Returns the data dir and the build report."""
-    from ava_keyframes.synth import LoopbackMirror
+    from ava_keyframes.mirror import LoopbackMirror
 
     manual = work / "manual"
     shutil.copytree(corpus_root / "annotations", manual / "annotations")

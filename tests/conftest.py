@@ -1,22 +1,19 @@
-"""Shared test fixtures: paths of the real AVA files beside the repo."""
+"""Shared test fixtures: the real AVA files carried in `tests/data/ava/`; loopback only."""
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_AVA = Path(os.environ.get("AVA_SHARED_DIR", ROOT.parent / "shared" / "ava"))
+AVA_DATA = Path(__file__).resolve().parent / "data" / "ava"
 
 
 @pytest.fixture(scope="session")
-def shared_ava() -> Path:
-    """The folder of real AVA annotation files (`../shared/ava/`, see its README)."""
-    assert SHARED_AVA.is_dir(), f"real AVA files expected in {SHARED_AVA} (set AVA_SHARED_DIR)"
-    return SHARED_AVA
+def ava_data() -> Path:
+    """The folder of real AVA annotation files (see `tests/data/ava/README.md`)."""
+    return AVA_DATA
 
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -16,8 +16,8 @@ VID = "1j20qq1JyX4"
 
 
 @pytest.fixture(scope="module")
-def labelmap(shared_ava):
-    return read_labelmap(shared_ava / "ava_action_list_v2.2.pbtxt")
+def labelmap(ava_data):
+    return read_labelmap(ava_data / "ava_action_list_v2.2.pbtxt")
 
 
 def write(tmp_path, text, name="rows.csv", encoding="utf-8"):
@@ -26,13 +26,13 @@ def write(tmp_path, text, name="rows.csv", encoding="utf-8"):
     return path
 
 
-def test_real_excerpt_counts_merge_and_line_16(shared_ava, labelmap):
-    annotations = read_annotations(shared_ava / EXCERPT, labelmap)
+def test_real_excerpt_counts_merge_and_line_16(ava_data, labelmap):
+    annotations = read_annotations(ava_data / EXCERPT, labelmap)
     assert annotations.rows_read == 341
     assert len(annotations.table) == 340
     [rejection] = annotations.report
     assert (rejection.line, rejection.field) == (16, "person_id")
-    assert "'3_'" in rejection.reason and str(rejection).startswith(f"{shared_ava / EXCERPT}:16:")
+    assert "'3_'" in rejection.reason and str(rejection).startswith(f"{ava_data / EXCERPT}:16:")
     keyframes = annotations.keyframes()
     assert len(keyframes) == 110
     assert sum(len(persons) for persons in keyframes.values()) == 148
@@ -43,8 +43,8 @@ def test_real_excerpt_counts_merge_and_line_16(shared_ava, labelmap):
     assert person.box == (0.175, 0.001, 0.995, 1.0)
 
 
-def test_real_subset_reads_whole_with_plain_seconds(shared_ava, labelmap):
-    path = shared_ava / "ava_val_v2.1_person_movement_subset.csv"
+def test_real_subset_reads_whole_with_plain_seconds(ava_data, labelmap):
+    path = ava_data / "ava_val_v2.1_person_movement_subset.csv"
     annotations = read_annotations(path, labelmap)
     lines = sum(1 for line in path.open() if line.strip())
     assert annotations.rows_read == lines == len(annotations.table)
@@ -136,8 +136,8 @@ def test_empty_and_missing_files_raise_one_line_errors(tmp_path):
         read_annotations(write(tmp_path, "x", encoding="utf-16"))
 
 
-def test_excluded_timestamps(shared_ava, tmp_path):
-    excluded = read_excluded(shared_ava / "ava_val_excluded_timestamps_v2.2.csv")
+def test_excluded_timestamps(ava_data, tmp_path):
+    excluded = read_excluded(ava_data / "ava_val_excluded_timestamps_v2.2.csv")
     assert excluded and all(isinstance(s, int) for _, s in excluded)
     with pytest.raises(AnnotationError, match=r"bad.csv:2: expected 'video_id,timestamp'"):
         read_excluded(write(tmp_path, "aaaaaaaaaaa,0902\naaaaaaaaaaa\n", name="bad.csv"))
@@ -156,9 +156,9 @@ def test_check_video_id_accepts_real_ids():
     assert check_video_id("_7oWZq_s_Sk") == "_7oWZq_s_Sk"
 
 
-def test_inspect_cli_json(shared_ava, capsys):
-    argv = ["inspect", str(shared_ava / EXCERPT), "--json", "--labelmap",
-            str(shared_ava / "ava_action_list_v2.2.pbtxt")]
+def test_inspect_cli_json(ava_data, capsys):
+    argv = ["inspect", str(ava_data / EXCERPT), "--json", "--labelmap",
+            str(ava_data / "ava_action_list_v2.2.pbtxt")]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["rows"], summary["rows_used"], summary["keyframes"], summary["persons"]) == (
@@ -168,9 +168,9 @@ def test_inspect_cli_json(shared_ava, capsys):
     assert summary["labels_per_class"]["stand"] == 133
 
 
-def test_inspect_cli_excluded_and_readable_summary(shared_ava, tmp_path, capsys):
+def test_inspect_cli_excluded_and_readable_summary(ava_data, tmp_path, capsys):
     excluded = write(tmp_path, f"{VID},0902\n", name="excluded.csv")
-    assert main(["inspect", str(shared_ava / EXCERPT), "--excluded", str(excluded)]) == 0
+    assert main(["inspect", str(ava_data / EXCERPT), "--excluded", str(excluded)]) == 0
     out = capsys.readouterr().out
     assert "109 keyframes" in out and "excluded keyframe" in out and ":16: person_id" in out
 

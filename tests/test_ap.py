@@ -44,8 +44,8 @@ def _ap(result: APResult, action_id: int) -> float:
 
 # --- the official numbers -------------------------------------------------------------------
 
-def test_golden_case_equals_the_official_evaluator(shared_ava):
-    golden = shared_ava / "golden"
+def test_golden_case_equals_the_official_evaluator(ava_data):
+    golden = ava_data / "golden"
     official = json.loads((golden / "official_result.json").read_text())
     result = evaluate(read_annotations(golden / "groundtruth.csv", kind="groundtruth"),
                       read_annotations(golden / "detections.csv", kind="detections"))

@@ -29,7 +29,8 @@ import tensorflow_datasets as tfds
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
 from ava_keyframes.cli import main as cli_main
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
-from ava_keyframes.synth import LoopbackMirror, make_corpus
+from ava_keyframes.mirror import LoopbackMirror
+from ava_keyframes.synth import make_corpus
 
 DATASET_FOLDER = Path(builder_module.__file__).parent
 TFDS_CLI = str(Path(sys.executable).parent / "tfds")
@@ -223,7 +224,7 @@ _LOADER = textwrap.dedent("""
     import tensorflow as tf
     import tensorflow_datasets as tfds
     import ava_keyframes
-    from ava_keyframes.synth import read_frame_stamp
+    from ava_keyframes.stamp import read_frame_stamp
 
     plain, others, out = Path(sys.argv[1]), sys.argv[2:-1], Path(sys.argv[-1])
     result = {"examples": {}, "content": {}}

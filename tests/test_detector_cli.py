@@ -11,7 +11,7 @@ from detector_support import build, examples
 from PIL import Image
 
 from ava_keyframes.annotations import read_annotations
-from ava_keyframes.synth import write_stamped_video
+from ava_keyframes.stamp import write_stamped_video
 from detector import model as M
 from detector.cli import main
 from detector.predict import detect_images

@@ -14,7 +14,7 @@ import ava_keyframes.frames as frames
 from ava_keyframes.cli import main
 from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
 from ava_keyframes.media import ffmpeg_binary
-from ava_keyframes.synth import read_frame_stamp, write_stamped_video
+from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
 
 SIZE = (160, 120)
 DURATION = 3.0

@@ -13,8 +13,8 @@ from ava_keyframes.labelmap import (
 )
 
 
-def test_real_80_class_map(shared_ava):
-    labelmap = read_labelmap(shared_ava / "ava_action_list_v2.2.pbtxt")
+def test_real_80_class_map(ava_data):
+    labelmap = read_labelmap(ava_data / "ava_action_list_v2.2.pbtxt")
     assert len(labelmap) == 80
     assert labelmap.ids == list(range(1, 81))
     assert labelmap.name_of(49) == "ride (e.g., a bike, a car, a horse)"
@@ -23,8 +23,8 @@ def test_real_80_class_map(shared_ava):
     assert labelmap.index_of(12) == 11 and labelmap.id_of(11) == 12
 
 
-def test_real_60_class_evaluation_map(shared_ava):
-    labelmap = read_labelmap(shared_ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt")
+def test_real_60_class_evaluation_map(ava_data):
+    labelmap = read_labelmap(ava_data / "ava_action_list_v2.2_for_activitynet_2019.pbtxt")
     assert len(labelmap) == 60
     assert 2 not in labelmap and 80 in labelmap
     assert labelmap.index_of(80) == 59
@@ -32,9 +32,9 @@ def test_real_60_class_evaluation_map(shared_ava):
     assert labelmap.name_of(79) == "talk to (e.g., self, a person, a group)"
 
 
-def test_bundled_maps_equal_the_official_files(shared_ava):
+def test_bundled_maps_equal_the_official_files(ava_data):
     assert read_labelmap(default_labelmap_path()) == read_labelmap(
-        shared_ava / "ava_action_list_v2.2.pbtxt"
+        ava_data / "ava_action_list_v2.2.pbtxt"
     )
     assert len(read_labelmap(evaluation_labelmap_path())) == 60
 
@@ -76,9 +76,9 @@ def test_malformed_pbtxt_names_file_and_line(tmp_path, text, line, words):
     assert words in str(caught.value)
 
 
-def test_cli_json_and_classes_csv(shared_ava, tmp_path, capsys):
+def test_cli_json_and_classes_csv(ava_data, tmp_path, capsys):
     out = tmp_path / "classes.csv"
-    assert main(["labelmap", str(shared_ava / "ava_action_list_v2.2.pbtxt"), "--json",
+    assert main(["labelmap", str(ava_data / "ava_action_list_v2.2.pbtxt"), "--json",
                  "--classes-csv", str(out)]) == 0
     entries = json.loads(capsys.readouterr().out)
     assert entries[48] == {"id": 49, "name": "ride (e.g., a bike, a car, a horse)",
@@ -86,13 +86,13 @@ def test_cli_json_and_classes_csv(shared_ava, tmp_path, capsys):
     rows = list(csv.reader(out.open()))
     assert rows[48] == ["ride (e.g., a bike, a car, a horse)", "48"]
     assert '"ride (e.g., a bike, a car, a horse)",48' in out.read_text()
-    write_classes_csv(read_labelmap(shared_ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
+    write_classes_csv(read_labelmap(ava_data / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
                       out)
     assert list(csv.reader(out.open()))[-1] == ["watch (a person)", "59"]
 
 
-def test_cli_json_type_null_for_item_form(shared_ava, capsys):
-    main(["labelmap", str(shared_ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
+def test_cli_json_type_null_for_item_form(ava_data, capsys):
+    main(["labelmap", str(ava_data / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
           "--json"])
     assert json.loads(capsys.readouterr().out)[0]["type"] is None
 

@@ -13,19 +13,17 @@ from ava_keyframes import cli
 from ava_keyframes.annotations import VIDEO_ID_RE, read_annotations, read_excluded
 from ava_keyframes.labelmap import default_labelmap_path, evaluation_labelmap_path, read_labelmap
 from ava_keyframes.media import ffmpeg_binary
-from ava_keyframes.synth import (
-    EXTRAS,
+from ava_keyframes.stamp import (
     MAX_FRAME_INDEX,
-    POSES,
     STAMP_BAND,
     draw_stamp,
-    make_corpus,
     read_frame_stamp,
     read_frame_times,
     scrolling_texture,
     stamp_band_height,
     write_stamped_video,
 )
+from ava_keyframes.synth import EXTRAS, POSES, make_corpus
 
 SIZE = (160, 120)
 SMALL = (128, 96)  # max side 128, as frames are resized for training
