@@ -1,124 +1,48 @@
 """KerasCV RetinaNet for multi-label detection, built from explicit configs (no hub download).
 
 KerasCV's RetinaNet is single-label: its label encoder gives each anchor one class and
-`compute_loss` one-hot encodes it; its default decoder is class-agnostic with a 0.5 score cut.
+`compute_loss` one-hot encodes it; its default decoder drops scores under 0.5.
 AVA persons carry several actions, and AP needs low-score detections, so this module swaps
 KerasCV's parts at their seams:
 
 - `MultiLabelEncoder` (a `RetinaNetLabelEncoder`): the classification target of a positive
   anchor is the multi-hot vector of all classes of its matched box.
 - `MultiLabelRetinaNet.compute_loss`: sigmoid focal loss on those multi-hot targets.
-- `PerClassNMS`: per-class NMS with a 0.05 score threshold and a detections cap, so one
-  box can carry several classes.
+- `PerClassNMS`: KerasCV's `MultiClassNonMaxSuppression` with a 0.05 score threshold, so
+  low-score detections reach AP and one box can carry several classes.
 - `PyramidNeck` and `ConvHead`: KerasCV's feature pyramid and heads with their hard-coded
   256 channels and depth made options (256 channels and 4 layers, as in the paper, by default).
 
 Batches are `(images, {"boxes": [B, N, 4], "classes": [B, N, C]})`: float images in 0..255,
 `xyxy` pixel boxes padded with -1, and per-box multi-hot classes padded with 0 (KerasCV's
 "one-hot classes" layout, which single-label data such as Pascal VOC fills with one 1).
+Backbones are in `detector.backbones`; the KerasCV internals relied on in `detector.kerascv`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import keras
 import keras_cv
 import numpy as np
 import tensorflow as tf
 from keras_cv import bounding_box
-from keras_cv.src.bounding_box.converters import _encode_box_to_deltas
-from keras_cv.src.models.object_detection.retinanet.retinanet_presets import retinanet_presets
-from keras_cv.src.utils import target_gather
 
-BOX_FORMAT = "xyxy"
+from detector.backbones import (
+    BOX_FORMAT,
+    ModelError,
+    build_backbone,
+    preset_backbone,
+    with_input_size,
+)
+from detector.kerascv import BOX_VARIANCE, encode_box_to_deltas, target_gather
+
+__all__ = ["BOX_FORMAT", "ModelError", "build_backbone", "preset_backbone"]
+
 PRIOR_PROBABILITY = 0.01
 _PACKAGE = "detector"
-
-# KerasCV's RetinaNet declares a dict input {"images": ...} but its train/test steps and
-# label encoder take the image tensor itself; Keras 3 warns on every call about that.
-warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
-
-
-class ModelError(ValueError):
-    """A model option or file that cannot be used; the message says which."""
-
-
-def _resnet(blocks: list[int], block_type: str, width: float) -> keras.Model:
-    # The stem has 64 channels (fixed by KerasCV) and the first stage's identity shortcut
-    # needs the same width, so narrower variants keep at least 64 channels per stage.
-    filters = [max(64, round(f * width)) for f in (64, 128, 256, 512)]
-    return keras_cv.models.ResNetBackbone(
-        stackwise_filters=filters,
-        stackwise_blocks=blocks,
-        stackwise_strides=[1, 2, 2, 2],
-        block_type=block_type,
-        include_rescaling=True,
-    )
-
-
-def _mobilenet_v3(large: bool, width: float) -> keras.Model:
-    if large:
-        config = dict(
-            stackwise_expansion=[1, 4, 3, 3, 3, 3, 6, 2.5, 2.3, 2.3, 6, 6, 6, 6, 6],
-            stackwise_filters=[16, 24, 24, 40, 40, 40, 80, 80, 80, 80, 112, 112, 160, 160, 160],
-            stackwise_kernel_size=[3, 3, 3, 5, 5, 5, 3, 3, 3, 3, 3, 3, 5, 5, 5],
-            stackwise_stride=[1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1],
-            stackwise_se_ratio=[None] * 3 + [0.25] * 3 + [None] * 4 + [0.25] * 5,
-            stackwise_activation=["relu"] * 6 + ["hard_swish"] * 9,
-        )
-    else:
-        config = dict(
-            stackwise_expansion=[1, 72.0 / 16, 88.0 / 24, 4, 6, 6, 3, 3, 6, 6, 6],
-            stackwise_filters=[16, 24, 24, 40, 40, 40, 48, 48, 96, 96, 96],
-            stackwise_kernel_size=[3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5],
-            stackwise_stride=[2, 2, 1, 2, 1, 1, 1, 1, 2, 1, 1],
-            stackwise_se_ratio=[0.25, None, None] + [0.25] * 8,
-            stackwise_activation=["relu"] * 3 + ["hard_swish"] * 8,
-        )
-    return keras_cv.models.MobileNetV3Backbone(include_rescaling=True, alpha=width, **config)
-
-
-def _efficientnetv2_b0(width: float) -> keras.Model:
-    return keras_cv.models.EfficientNetV2Backbone(
-        include_rescaling=True,
-        width_coefficient=width,
-        depth_coefficient=1.0,
-        stackwise_kernel_sizes=[3, 3, 3, 3, 3, 3],
-        stackwise_num_repeats=[1, 2, 2, 3, 5, 8],
-        stackwise_input_filters=[32, 16, 32, 48, 96, 112],
-        stackwise_output_filters=[16, 32, 48, 96, 112, 192],
-        stackwise_expansion_ratios=[1, 4, 4, 4, 6, 6],
-        stackwise_squeeze_and_excite_ratios=[0.0, 0.0, 0.0, 0.25, 0.25, 0.25],
-        stackwise_strides=[1, 2, 2, 2, 1, 2],
-        stackwise_conv_types=["fused"] * 3 + ["unfused"] * 3,
-    )
-
-
-_BACKBONE_BUILDERS: dict[str, Callable[[float], keras.Model]] = {
-    "resnet18": lambda w: _resnet([2, 2, 2, 2], "basic_block", w),
-    "resnet34": lambda w: _resnet([3, 4, 6, 3], "basic_block", w),
-    "resnet50": lambda w: _resnet([3, 4, 6, 3], "block", w),
-    "resnet101": lambda w: _resnet([3, 4, 23, 3], "block", w),
-    "mobilenet_v3_small": lambda w: _mobilenet_v3(False, w),
-    "mobilenet_v3_large": lambda w: _mobilenet_v3(True, w),
-    "efficientnetv2_b0": _efficientnetv2_b0,
-}
-BACKBONES = tuple(_BACKBONE_BUILDERS)
-
-
-def build_backbone(name: str, width: float = 1.0) -> keras.Model:
-    """A randomly initialised KerasCV backbone (input 0..255) from its explicit config.
-
-    `width` scales the channels (ResNet stages keep at least 64, MobileNetV3's `alpha`,
-    EfficientNetV2's width coefficient): values below 1 make CPU-sized models.
-    """
-    if name not in _BACKBONE_BUILDERS:
-        raise ModelError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-    if not 0 < width <= 4:
-        raise ModelError(f"backbone width must be in (0, 4], got {width}")
-    return _BACKBONE_BUILDERS[name](width)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -258,8 +182,8 @@ class MultiLabelEncoder(keras_cv.models.retinanet.LabelEncoder):
         matched_vals = keras.ops.expand_dims(matched_vals, axis=-1)
         positive = keras.ops.equal(matched_vals, 1)
         ignored = keras.ops.equal(matched_vals, -2)
-        matched_boxes = target_gather._target_gather(gt_boxes, matched_idx)
-        box_target = _encode_box_to_deltas(
+        matched_boxes = target_gather(gt_boxes, matched_idx)
+        box_target = encode_box_to_deltas(
             anchors=anchor_boxes,
             boxes=keras.ops.reshape(matched_boxes, (-1, keras.ops.shape(matched_boxes)[1], 4)),
             anchor_format=self.bounding_box_format,
@@ -268,7 +192,7 @@ class MultiLabelEncoder(keras_cv.models.retinanet.LabelEncoder):
             image_shape=image_shape,
         )
         matched_classes = keras.ops.cast(
-            target_gather._target_gather(gt_classes, matched_idx), box_target.dtype
+            target_gather(gt_classes, matched_idx), box_target.dtype
         )
         cls_target = keras.ops.where(positive, matched_classes, 0.0)
         # KerasCV's guard: an anchor matched to a degenerate padding box gives NaN deltas.
@@ -295,13 +219,13 @@ class MultiLabelEncoder(keras_cv.models.retinanet.LabelEncoder):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class PerClassNMS(keras.layers.Layer):
-    """Per-class NMS (`tf.image.combined_non_max_suppression`) over sigmoid scores.
+class PerClassNMS(keras_cv.layers.MultiClassNonMaxSuppression):
+    """KerasCV's per-class NMS over sigmoid scores with AP's defaults and float32 maths.
 
-    Unlike KerasCV's class-agnostic default, a box survives for every class whose score
-    passes `confidence_threshold`, so one person can be detected with several actions.
-    Returns KerasCV's decoded format: `boxes`, `confidence`, `classes` (-1 padded) and
-    `num_detections`.
+    A box survives for every class whose score passes `confidence_threshold` (0.05, not
+    KerasCV RetinaNet's 0.5: AP needs low-score detections), so one person can be detected
+    with several actions. What differs from the parent: inputs are cast to float32 (under
+    mixed precision they arrive as float16) and `classes` are int32 (-1 padded).
     """
 
     def __init__(
@@ -311,53 +235,21 @@ class PerClassNMS(keras.layers.Layer):
         iou_threshold: float = 0.5,
         confidence_threshold: float = 0.05,
         max_detections: int = 100,
+        max_detections_per_class: int | None = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.bounding_box_format = bounding_box_format
-        self.from_logits = from_logits
-        self.iou_threshold = iou_threshold
-        self.confidence_threshold = confidence_threshold
-        self.max_detections = max_detections
-        self.built = True
+        super().__init__(
+            bounding_box_format, from_logits, iou_threshold=iou_threshold,
+            confidence_threshold=confidence_threshold, max_detections=max_detections,
+            max_detections_per_class=max_detections_per_class or max_detections, **kwargs,
+        )
 
     def call(self, box_prediction, class_prediction, images=None, image_shape=None):
-        boxes = bounding_box.convert_format(
-            box_prediction, source=self.bounding_box_format, target="yxyx",
+        decoded = super().call(
+            tf.cast(box_prediction, tf.float32), tf.cast(class_prediction, tf.float32),
             images=images, image_shape=image_shape,
         )
-        scores = tf.cast(class_prediction, tf.float32)
-        if self.from_logits:
-            scores = tf.sigmoid(scores)
-        nms = tf.image.combined_non_max_suppression(
-            tf.cast(boxes, tf.float32)[:, :, tf.newaxis, :],
-            scores,
-            max_output_size_per_class=self.max_detections,
-            max_total_size=self.max_detections,
-            iou_threshold=self.iou_threshold,
-            score_threshold=self.confidence_threshold,
-            clip_boxes=False,
-        )
-        decoded = {
-            "boxes": bounding_box.convert_format(
-                nms.nmsed_boxes, source="yxyx", target=self.bounding_box_format,
-                images=images, image_shape=image_shape,
-            ),
-            "confidence": nms.nmsed_scores,
-            "classes": tf.cast(nms.nmsed_classes, tf.int32),
-            "num_detections": nms.valid_detections,
-        }
-        return bounding_box.mask_invalid_detections(decoded)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "bounding_box_format": self.bounding_box_format,
-            "from_logits": self.from_logits,
-            "iou_threshold": self.iou_threshold,
-            "confidence_threshold": self.confidence_threshold,
-            "max_detections": self.max_detections,
-        }
+        return {**decoded, "classes": tf.cast(decoded["classes"], tf.int32)}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -449,6 +341,12 @@ class MultiLabelRetinaNet(keras_cv.models.RetinaNet):
         }
 
 
+def _quiet_input_structure_warning() -> None:
+    # KerasCV's RetinaNet declares a dict input {"images": ...} but its train/test steps and
+    # label encoder take the image tensor itself; Keras 3 warns on every call about that.
+    warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
+
+
 def _float32(outputs: dict) -> dict:
     return {key: keras.ops.cast(value, "float32") for key, value in outputs.items()}
 
@@ -466,11 +364,14 @@ def build_model(
     class_ids: Sequence[int] | None = None,
     max_detections: int = 100,
     confidence_threshold: float = 0.05,
+    anchor_generator: keras_cv.layers.AnchorGenerator | None = None,
 ) -> MultiLabelRetinaNet:
     """A multi-label RetinaNet on square `image_size` inputs (0..255 floats).
 
     `backbone` is a name from `BACKBONES` (randomly initialised) or a KerasCV backbone
     (e.g. one loaded from a preset). Image size must be a multiple of 32 (the P5 stride).
+    `anchor_generator` defaults to KerasCV RetinaNet's (P3-P7, 3 scales x 3 aspect ratios);
+    the heads predict for as many anchors per location as it makes.
     """
     if image_size <= 0 or image_size % 32:
         raise ModelError(f"image size must be a positive multiple of 32, got {image_size}")
@@ -481,8 +382,9 @@ def build_model(
         raise ModelError(f"head depth must be >= 0, got {head_depth}")
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, backbone_width)
-    backbone = _with_input_size(backbone, image_size)
-    anchors = keras_cv.models.RetinaNet.default_anchor_generator(BOX_FORMAT)
+    backbone = with_input_size(backbone, image_size)
+    _quiet_input_structure_warning()
+    anchors = anchor_generator or keras_cv.models.RetinaNet.default_anchor_generator(BOX_FORMAT)
     level = next(iter(anchors.anchor_generators.values()))
     num_anchors = len(level.scales) * len(level.aspect_ratios)
     return MultiLabelRetinaNet(
@@ -491,7 +393,7 @@ def build_model(
         bounding_box_format=BOX_FORMAT,
         label_encoder=MultiLabelEncoder(
             bounding_box_format=BOX_FORMAT, anchor_generator=anchors,
-            box_variance=[0.1, 0.1, 0.2, 0.2],
+            box_variance=BOX_VARIANCE,
         ),
         prediction_decoder=PerClassNMS(
             BOX_FORMAT, max_detections=max_detections, confidence_threshold=confidence_threshold
@@ -504,19 +406,6 @@ def build_model(
         class_names=class_names,
         class_ids=class_ids,
     )
-
-
-def _with_input_size(backbone: keras.Model, image_size: int) -> keras.Model:
-    """The same backbone config with a fixed square input (RetinaNet needs static shapes)."""
-    shape = (image_size, image_size, 3)
-    if tuple(backbone.input_shape[1:]) == shape:
-        return backbone
-    config = backbone.get_config()
-    config["input_shape"] = shape
-    rebuilt = backbone.__class__.from_config(config)
-    if backbone.weights:
-        rebuilt.set_weights(backbone.get_weights())
-    return rebuilt
 
 
 def compile_model(
@@ -532,6 +421,7 @@ def compile_model(
 
 def load_model(path: str) -> MultiLabelRetinaNet:
     """Load a `.keras` model saved by `train`; a clear `ModelError` otherwise."""
+    _quiet_input_structure_warning()
     try:
         model = keras.saving.load_model(path, compile=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -539,29 +429,3 @@ def load_model(path: str) -> MultiLabelRetinaNet:
     if not isinstance(model, MultiLabelRetinaNet):
         raise ModelError(f"{path}: not a model saved by ava-detector train")
     return model
-
-
-def preset_backbone(name: str) -> keras.Model:
-    """The backbone of KerasCV preset `name` (a RetinaNet or backbone preset), downloaded.
-
-    KerasCV presets live on Kaggle; without network access this fails, and the error
-    says so rather than showing the download traceback.
-    """
-    known = keras_cv.models.RetinaNet.presets
-    if name not in known:
-        raise ModelError(
-            f"unknown KerasCV preset {name!r}; known: {', '.join(sorted(known))}"
-        )
-    # A backbone preset becomes a KerasCV RetinaNet around it, which needs head settings.
-    task_options = (
-        {} if name in retinanet_presets else {"num_classes": 1, "bounding_box_format": BOX_FORMAT}
-    )
-    try:
-        loaded = keras_cv.models.RetinaNet.from_preset(name, **task_options)
-    except Exception as error:  # noqa: BLE001 - any download/parse failure is reported whole
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(
-            f"cannot load KerasCV preset {name!r} (it downloads from "
-            f"{known[name]['kaggle_handle']}; is the network reachable?): {first}"
-        ) from error
-    return loaded.backbone

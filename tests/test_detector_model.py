@@ -1,4 +1,4 @@
-"""detector.model: multi-label targets, per-class NMS, loss, save/reload, backbones, presets."""
+"""detector.model: multi-label targets, per-class NMS, loss, save/reload, options."""
 
 from __future__ import annotations
 
@@ -118,31 +118,8 @@ def test_load_model_errors_name_the_file(tmp_path):
         M.load_model(str(tmp_path / "other.keras"))
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_small", "efficientnetv2_b0"])
-def test_backbones_from_explicit_configs_give_strides_8_16_32(name):
-    backbone = M.build_backbone(name, width=0.25)
-    names = [backbone.pyramid_level_inputs[p] for p in ("P3", "P4", "P5")]
-    extractor = keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in names])
-    shapes = [tuple(t.shape[1:3]) for t in extractor(np.zeros((1, 64, 64, 3), "float32"))]
-    assert shapes == [(8, 8), (4, 4), (2, 2)]
-
-
 def test_bad_options_are_model_errors():
     with pytest.raises(M.ModelError, match="unknown backbone 'vgg'"):
         M.build_backbone("vgg")
     with pytest.raises(M.ModelError, match="multiple of 32"):
         M.build_model(3, backbone="resnet18", image_size=100)
-
-
-def test_presets_unknown_name_and_no_network(monkeypatch):
-    with pytest.raises(M.ModelError, match="unknown KerasCV preset 'nope'.*retinanet_resnet50"):
-        M.preset_backbone("nope")
-
-    def offline(*args, **kwargs):
-        raise OSError("Name or service not known\nmore lines")
-
-    monkeypatch.setattr(keras_cv.models.RetinaNet, "from_preset", offline)
-    with pytest.raises(M.ModelError) as error:
-        M.preset_backbone("retinanet_resnet50_pascalvoc")
-    message = str(error.value)
-    assert "kaggle://" in message and "network" in message and "\n" not in message
