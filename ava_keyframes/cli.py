@@ -7,19 +7,15 @@ import json
 import sys
 from collections.abc import Sequence
 
-
-class CliError(Exception):
-    """A user's mistake: printed as one line, exit code 2, no traceback."""
+from ava_keyframes.runner import CliError, VerbParser, parse_seconds, run, user_errors
 
 
 # --- labelmap ---
 def _cmd_labelmap(args: argparse.Namespace) -> int:
     from ava_keyframes.labelmap import LabelMapError, read_labelmap, write_classes_csv
 
-    try:
+    with user_errors(LabelMapError):
         labelmap = read_labelmap(args.pbtxt)
-    except LabelMapError as error:
-        raise CliError(str(error)) from None
     if args.classes_csv:
         write_classes_csv(labelmap, args.classes_csv)
     if args.json:
@@ -36,12 +32,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from ava_keyframes.annotations import AnnotationError, read_annotations, read_excluded
     from ava_keyframes.labelmap import LabelMapError, read_labelmap
 
-    try:
+    with user_errors(AnnotationError, LabelMapError):
         labelmap = read_labelmap(args.labelmap) if args.labelmap else None
         excluded = read_excluded(args.excluded) if args.excluded else None
         annotations = read_annotations(args.csv, labelmap, excluded)
-    except (AnnotationError, LabelMapError) as error:
-        raise CliError(str(error)) from None
     summary = annotations.summary(labelmap)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -70,12 +64,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         fps = float(args.fps)
     except ValueError:
         raise CliError(f"--fps: expected a number such as 29.97, not {args.fps!r}") from None
-    try:
+    with user_errors(ValueError, VideoError):
         info = make_corpus(args.out, videos=args.videos, seconds=args.seconds, start=args.start,
                            fps=fps, size=(int(width), int(height)),
                            container=args.container, seed=args.seed)
-    except (ValueError, VideoError) as error:
-        raise CliError(str(error)) from None
     counts = ", ".join(f"{len(ids)} {split}" for split, ids in info.ids.items())
     print(f"{len(info.videos)} videos ({counts}) of {args.start + args.seconds} s at {args.fps} "
           f"fps, {args.size} {args.container}: {info.root / 'videos'}")
@@ -94,10 +86,8 @@ def _download_ids(args: argparse.Namespace) -> list[str]:
             return [check_video_id(i.strip()) for i in args.ids.split(",") if i.strip()]
         except ValueError as error:
             raise CliError(f"--ids: {error}") from None
-    try:
+    with user_errors(AnnotationError):
         annotations = read_annotations(args.csv)
-    except AnnotationError as error:
-        raise CliError(str(error)) from None
     bad_ids = [str(r) for r in annotations.report if r.field == "video_id"]
     if bad_ids:
         raise CliError("; ".join(bad_ids))
@@ -113,12 +103,10 @@ def _cmd_download(args: argparse.Namespace) -> int:
         raise CliError("no video ids given")
     if args.jobs < 1:
         raise CliError(f"--jobs must be at least 1, not {args.jobs}")
-    try:
+    with user_errors(ValueError):
         cache = VideoCache(args.cache, sources=args.sources, mirror=args.mirror,
                            youtube_template=args.youtube_url_template,
                            manual_dir=args.manual_dir, retry_unavailable=args.retry_unavailable)
-    except ValueError as error:
-        raise CliError(str(error)) from None
     results = cache.fetch_many(ids, jobs=args.jobs, progress=True)
     for result in results:
         if args.json:
@@ -133,18 +121,6 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 # --- frames ---
-def _frame_seconds(text: str) -> dict[int | float, list[str]]:
-    """--seconds as {value: [tokens as given]}, so 902 and 0902 name their own files."""
-    seconds: dict[int | float, list[str]] = {}
-    for token in (t.strip() for t in text.split(",")):
-        parts = token.split(".")
-        if len(parts) > 2 or not all(p.isascii() and p.isdigit() for p in parts):
-            raise CliError(f"--seconds: {token!r} is not a second such as 902 or 902.5")
-        value = int(token) if token.isdigit() else float(token)
-        seconds.setdefault(value, []).append(token)
-    return seconds
-
-
 def _cmd_frames(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -152,7 +128,7 @@ def _cmd_frames(args: argparse.Namespace) -> int:
 
     from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
 
-    seconds = _frame_seconds(args.seconds)
+    seconds = parse_seconds(args.seconds, fractions=True)
     if args.max_side is not None and args.max_side < 1:
         raise CliError(f"--max-side must be at least 1, not {args.max_side}")
     out = Path(args.out)
@@ -176,10 +152,8 @@ def _cmd_frames(args: argparse.Namespace) -> int:
 def _cmd_export_csv(args: argparse.Namespace) -> int:
     from ava_keyframes.ava_keyframes_dataset_builder import export_retinanet_csv
 
-    try:
+    with user_errors(FileNotFoundError, ValueError):
         counts = export_retinanet_csv(args.data_dir, args.split, args.out, config=args.config)
-    except (FileNotFoundError, ValueError) as error:
-        raise CliError(str(error)) from None
     print(f"{counts['images']} images, {counts['rows']} annotation rows -> {args.out}")
     return 0
 
@@ -189,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ava-keyframes",
         description="AVA Actions keyframes: label maps, annotations, videos, frames, TFDS export.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=VerbParser)
     # --- parsers ---
     p = sub.add_parser("labelmap", help="read an AVA label map (.pbtxt)")
     p.add_argument("pbtxt", help="label map in 'label {...}' or 'item {...}' form")
@@ -269,18 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="builder config, or the name of a custom one (default v2.2)")
     p.set_defaults(func=_cmd_export_csv)
     return parser
-
-
-def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse ``argv`` and run the chosen command; a CliError becomes one line and exit 2."""
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CliError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,12 +44,16 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ava_keyframes.annotations import Annotations
 from ava_keyframes.labelmap import LabelMap, evaluation_labelmap_path, read_labelmap
+
+if TYPE_CHECKING:
+    from detector.data import DatasetInfo
 
 METRICS = ("ava", "voc07", "coco")
 DETECTIONS_PER_KEYFRAME = 50
@@ -100,6 +104,17 @@ class APResult:
         return "\n".join(lines)
 
 
+def scored_labelmap(path: str | Path | None = None, info: DatasetInfo | None = None) -> LabelMap:
+    """The classes that are scored (the one place that decides): the label map at ``path`` if
+    given; else the dataset's own classes for a non-AVA dataset ``info``; else AVA's official
+    60-class evaluation map."""
+    if path:
+        return read_labelmap(path)
+    if info is not None and not info.ava_classes:
+        return info.labelmap()
+    return read_labelmap(evaluation_labelmap_path())
+
+
 def evaluate(
     groundtruth: Annotations | pd.DataFrame,
     detections: Annotations | pd.DataFrame,
@@ -110,7 +125,7 @@ def evaluate(
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     if labelmap is None:
-        labelmap = read_labelmap(evaluation_labelmap_path())
+        labelmap = scored_labelmap()
     gt, empty = _table_and_empty_keyframes(groundtruth)
     det, _ = _table_and_empty_keyframes(detections)
     ids = np.asarray(labelmap.ids, dtype=np.int64)

@@ -1,4 +1,8 @@
-"""`ava-detector`: train, evaluate, predict, export (keras-retinanet's verbs)."""
+"""`ava-detector`: train, evaluate, predict, export, demo (keras-retinanet's verbs).
+
+Each verb parses, calls the library and prints; heavy imports happen inside the verb, so that
+`evaluate` on CSVs never loads TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ava_keyframes.cli import CliError, run
+from ava_keyframes.runner import CliError, VerbParser, parse_seconds, run, user_errors
 
 
-# --- train ---
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -20,6 +23,7 @@ def _positive(text: str) -> int:
     return value
 
 
+# --- train ---
 def _cmd_train(args: argparse.Namespace) -> int:
     from detector.data import DataError
     from detector.model import ModelError
@@ -38,10 +42,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         jit_compile=args.jit_compile, eval_every=args.eval_every, eval_limit=args.eval_limit,
         time_limit=args.time_limit,
     )
-    try:
+    with user_errors(DataError, ModelError):
         result = train(options)
-    except (DataError, ModelError) as error:
-        raise CliError(str(error)) from None
     print(f"last snapshot: {result.last_snapshot}")
     if result.evaluation is not None:
         print(f"{options.val_split} mAP@0.5: {result.evaluation.mAP:.4f}")
@@ -49,55 +51,55 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 # --- evaluate ---
-def _cmd_evaluate_model(args: argparse.Namespace) -> int:
-    """`evaluate --model M --dataset D --split S`: detect, write the CSV, score as the CSV
-    mode does; without --model, the CSV mode (`_cmd_evaluate`)."""
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """CSV mode (--groundtruth, --detections) or model mode (--model, --dataset)."""
     if args.model is None:
         if args.dataset is not None:
             raise CliError("--dataset needs --model")
-        return _cmd_evaluate(args)
-    if args.dataset is None or args.groundtruth or args.detections:
-        raise CliError("evaluate --model needs --dataset (and no --groundtruth/--detections)")
-    from ava_keyframes.labelmap import LabelMapError, read_labelmap
-    from detector.data import DataError, dataset_info
-    from detector.model import ModelError, load_model
-    from detector.predict import evaluate_model
-
-    try:
-        model = load_model(args.model)
-        info = dataset_info(args.dataset, args.data_dir)
-        labelmap = read_labelmap(args.labelmap) if args.labelmap else None
-        result = evaluate_model(
-            model, info, args.split, data_dir=args.data_dir, labelmap=labelmap,
-            metric=args.metric, batch_size=args.batch_size, limit=args.limit,
-            detections_csv=args.detections_out,
-        )
-    except (DataError, ModelError, LabelMapError) as error:
-        raise CliError(str(error)) from None
-    print(f"detections: {args.detections_out}", file=sys.stderr)
+        result = _evaluate_csvs(args)
+    else:
+        if args.dataset is None or args.groundtruth or args.detections:
+            raise CliError("evaluate --model needs --dataset (and no --groundtruth/--detections)")
+        result = _evaluate_model(args)
     _print_evaluation(result, args)
     return 0
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _evaluate_model(args: argparse.Namespace):
+    from ava_keyframes.labelmap import LabelMapError
+    from detector.ap import scored_labelmap
+    from detector.data import DataError, dataset_info
+    from detector.model import ModelError, load_model
+    from detector.predict import evaluate_model
+
+    with user_errors(DataError, ModelError, LabelMapError):
+        model = load_model(args.model)
+        info = dataset_info(args.dataset, args.data_dir)
+        result = evaluate_model(
+            model, info, args.split, data_dir=args.data_dir,
+            labelmap=scored_labelmap(args.labelmap, info), metric=args.metric,
+            batch_size=args.batch_size, limit=args.limit, detections_csv=args.detections_out,
+        )
+    print(f"detections: {args.detections_out}", file=sys.stderr)
+    return result
+
+
+def _evaluate_csvs(args: argparse.Namespace):
     from ava_keyframes.annotations import AnnotationError, read_annotations
-    from ava_keyframes.labelmap import LabelMapError, evaluation_labelmap_path, read_labelmap
-    from detector.ap import evaluate
+    from ava_keyframes.labelmap import LabelMapError
+    from detector.ap import evaluate, scored_labelmap
 
     if args.groundtruth is None or args.detections is None:
         raise CliError("evaluate needs --groundtruth GT.csv and --detections DET.csv")
-    try:
-        labelmap = read_labelmap(args.labelmap or evaluation_labelmap_path())
+    with user_errors(AnnotationError, LabelMapError):
+        labelmap = scored_labelmap(args.labelmap)
         # No label map here: rows of other classes are skipped by `evaluate`, as upstream does,
         # and a ground-truth keyframe holding only such rows still counts as annotated.
         groundtruth = read_annotations(args.groundtruth, kind="groundtruth")
         detections = read_annotations(args.detections, kind="detections")
-    except (AnnotationError, LabelMapError) as error:
-        raise CliError(str(error)) from None
     for table in (groundtruth, detections):
         _print_rejections(table.report)
-    _print_evaluation(evaluate(groundtruth, detections, labelmap, args.metric), args)
-    return 0
+    return evaluate(groundtruth, detections, labelmap, args.metric)
 
 
 def _print_rejections(report: list, shown: int = 5) -> None:
@@ -136,69 +138,20 @@ def _print_evaluation(result, args: argparse.Namespace) -> None:
 
 
 # --- predict ---
-def _seconds(text: str) -> list[int]:
-    """`902,903,910-915` -> [902, 903, 910, ..., 915] (AVA keyframes are whole seconds)."""
-    seconds: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        try:
-            seconds += list(range(int(first), int(last or first) + 1))
-        except ValueError:
-            raise CliError(f"--seconds: {part.strip()!r} is not a whole second or a range "
-                           "like 902-910") from None
-    return seconds
-
-
-def _images(paths: list[str]):
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    from detector.predict import image_keyframe
-
-    for name in paths:
-        path = Path(name)
-        try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"))
-        except FileNotFoundError:
-            raise CliError(f"{path}: no such file") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise CliError(f"{path}: not a readable image ({error})") from None
-        yield (*image_keyframe(path), pixels)
-
-
-def _video_frames(args: argparse.Namespace, seconds: list[int]):
-    from pathlib import Path
-
-    from ava_keyframes.annotations import check_video_id
-    from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
-
-    video_id = args.video_id or Path(args.video).stem
-    try:
-        check_video_id(video_id)
-    except ValueError as error:
-        raise CliError(f"{error} (from the file name of {args.video}; pass --video-id)") from None
-    try:
-        for second, frame in extract_keyframes(args.video, seconds):
-            yield video_id, second, frame
-    except MissingKeyframes as error:
-        print(f"ava-detector: warning: {error}", file=sys.stderr)
-    except KeyframeError as error:
-        raise CliError(str(error)) from None
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from PIL import Image
 
+    from ava_keyframes.frames import KeyframeError, MissingKeyframes
     from detector.model import ModelError, load_model
     from detector.predict import (
+        InputError,
         detect_images,
         detections_table,
         draw_keyframe,
+        read_images,
+        video_keyframes,
         write_detections_csv,
     )
 
@@ -206,22 +159,41 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise CliError("give either IMAGES or --video (with --seconds)")
     if args.video and not args.seconds:
         raise CliError("--video needs --seconds, e.g. --seconds 902-910")
-    items = _video_frames(args, _seconds(args.seconds)) if args.video else _images(args.images)
-    try:
+    items = (video_keyframes(args.video, parse_seconds(args.seconds), video_id=args.video_id)
+             if args.video else read_images(args.images))
+    with user_errors(ModelError):
         model = load_model(args.model)
-    except ModelError as error:
-        raise CliError(str(error)) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keyframes = []
-    for image, keyframe in detect_images(model, items):
-        keyframes.append(keyframe)
-        if not args.no_pictures:
-            picture = draw_keyframe(image, keyframe, model.class_names, min_score=args.min_score)
-            Image.fromarray(picture).save(out / f"{keyframe.video_id}_{keyframe.second:04d}.png")
+    with user_errors(InputError, KeyframeError):
+        try:
+            for image, keyframe in detect_images(model, items):
+                keyframes.append(keyframe)
+                if not args.no_pictures:
+                    picture = draw_keyframe(image, keyframe, model.class_names,
+                                            min_score=args.min_score)
+                    Image.fromarray(picture).save(
+                        out / f"{keyframe.video_id}_{keyframe.second:04d}.png")
+        except MissingKeyframes as error:
+            print(f"ava-detector: warning: {error}", file=sys.stderr)
     table = detections_table(keyframes, model.class_ids)
     write_detections_csv(table, out / "detections.csv")
     print(f"{len(keyframes)} keyframes, {len(table)} detections -> {out / 'detections.csv'}")
+    return 0
+
+
+# --- export ---
+def _cmd_export(args: argparse.Namespace) -> int:
+    from detector.model import ModelError, load_model
+    from detector.predict import export
+
+    with user_errors(ModelError):
+        model = load_model(args.model)
+    keras_path, saved = export(model, args.out)
+    print(f"SavedModel: {saved} (signature serving_default: uint8 images [B, H, W, 3] -> "
+          "boxes, scores, classes, class_ids, num_detections)")
+    print(f"Keras model: {keras_path}")
     return 0
 
 
@@ -234,131 +206,65 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- export ---
-def _cmd_export(args: argparse.Namespace) -> int:
-    from detector.model import ModelError, load_model
-    from detector.predict import export
-
-    try:
-        model = load_model(args.model)
-    except ModelError as error:
-        raise CliError(str(error)) from None
-    keras_path, saved = export(model, args.out)
-    print(f"SavedModel: {saved} (signature serving_default: uint8 images [B, H, W, 3] -> "
-          "boxes, scores, classes, class_ids, num_detections)")
-    print(f"Keras model: {keras_path}")
-    return 0
-
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ava-detector",
-        description="KerasCV RetinaNet on AVA keyframes: train, evaluate, predict, export.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # --- parsers ---
-    # --- train parser ---
-    train = sub.add_parser(
+# --- parsers, one per verb ---
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
         "train", help="train a RetinaNet on a TFDS detection dataset (model.fit)",
         description="Train a KerasCV RetinaNet (multi-label sigmoid focal loss) on a TFDS "
         "detection dataset: ava_keyframes/v2.2, or any with objects/bbox and objects/label "
         "such as voc/2007.",
     )
-    train.add_argument("--dataset", required=True, help="TFDS name, e.g. ava_keyframes/v2.2")
-    train.add_argument("--data-dir", help="TFDS data dir the dataset was built in")
-    train.add_argument("--split", default="train", help="training split (default: train)")
-    train.add_argument("--val-split", default="validation",
-                       help="split scored for mAP during training, or 'none' (default: validation)")
-    train.add_argument("--backbone", default="resnet50",
-                       help="resnet50 (default), resnet18, resnet34, resnet101, "
-                       "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
-    train.add_argument("--backbone-width", type=float, default=1.0,
-                       help="channel multiplier of the backbone (e.g. 0.5 on CPU; default 1)")
-    train.add_argument("--weights", help="backbone weights file to start from (.weights.h5)")
-    train.add_argument("--preset", help="KerasCV preset to take the backbone from "
-                       "(e.g. retinanet_resnet50_pascalvoc); needs network access")
-    train.add_argument("--snapshot", help="resume training from this .keras snapshot")
-    train.add_argument("--freeze-backbone", action="store_true", help="do not train the backbone")
-    train.add_argument("--random-transform", action="store_true",
-                       help="augment: flip, jittered resize, colour")
-    train.add_argument("--epochs", type=_positive, default=50)
-    train.add_argument("--steps", type=_positive, help="steps per epoch (default: one pass)")
-    train.add_argument("--batch-size", type=_positive, default=8)
-    train.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    train.add_argument("--image-size", type=_positive, default=512,
-                       help="square input side, a multiple of 32 (default 512)")
-    train.add_argument("--fpn-channels", type=_positive, default=256)
-    train.add_argument("--head-channels", type=_positive, default=256)
-    train.add_argument("--head-depth", type=int, default=4, help="conv layers per head")
-    train.add_argument("--snapshot-path", default="snapshots",
-                       help="folder for a .keras snapshot per epoch (default: snapshots)")
-    train.add_argument("--tensorboard-dir", help="TensorBoard log folder")
-    train.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
-    train.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
-    train.add_argument("--eval-every", type=int, default=1,
-                       help="epochs between mAP evaluations; 0: never (default 1)")
-    train.add_argument("--eval-limit", type=_positive,
-                       help="score at most this many validation images")
-    train.add_argument("--time-limit", type=float, metavar="MINUTES",
-                       help="stop after the epoch that passes this many minutes")
-    train.set_defaults(func=_cmd_train)
+    p.add_argument("--dataset", required=True, help="TFDS name, e.g. ava_keyframes/v2.2")
+    p.add_argument("--data-dir", help="TFDS data dir the dataset was built in")
+    p.add_argument("--split", default="train", help="training split (default: train)")
+    p.add_argument("--val-split", default="validation",
+                   help="split scored for mAP during training, or 'none' (default: validation)")
+    p.add_argument("--backbone", default="resnet50",
+                   help="resnet50 (default), resnet18, resnet34, resnet101, "
+                   "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
+    p.add_argument("--backbone-width", type=float, default=1.0,
+                   help="channel multiplier of the backbone (e.g. 0.5 on CPU; default 1)")
+    p.add_argument("--weights", help="backbone weights file to start from (.weights.h5)")
+    p.add_argument("--preset", help="KerasCV preset to take the backbone from "
+                   "(e.g. retinanet_resnet50_pascalvoc); needs network access")
+    p.add_argument("--snapshot", help="resume training from this .keras snapshot")
+    p.add_argument("--freeze-backbone", action="store_true", help="do not train the backbone")
+    p.add_argument("--random-transform", action="store_true",
+                   help="augment: flip, jittered resize, colour")
+    p.add_argument("--epochs", type=_positive, default=50)
+    p.add_argument("--steps", type=_positive, help="steps per epoch (default: one pass)")
+    p.add_argument("--batch-size", type=_positive, default=8)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    p.add_argument("--image-size", type=_positive, default=512,
+                   help="square input side, a multiple of 32 (default 512)")
+    p.add_argument("--fpn-channels", type=_positive, default=256)
+    p.add_argument("--head-channels", type=_positive, default=256)
+    p.add_argument("--head-depth", type=int, default=4, help="conv layers per head")
+    p.add_argument("--snapshot-path", default="snapshots",
+                   help="folder for a .keras snapshot per epoch (default: snapshots)")
+    p.add_argument("--tensorboard-dir", help="TensorBoard log folder")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
+    p.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="epochs between mAP evaluations; 0: never (default 1)")
+    p.add_argument("--eval-limit", type=_positive,
+                   help="score at most this many validation images")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after the epoch that passes this many minutes")
+    p.set_defaults(func=_cmd_train)
 
-    # --- predict parser ---
-    predict = sub.add_parser(
-        "predict", help="detect actions in images or video keyframes",
-        description="Write OUT/detections.csv (official AVA detections: video_id, second, x1, "
-        "y1, x2, y2, action_id, score) and a picture per keyframe. An image named "
-        "<video id>_<second>.<ext> keeps that keyframe; others get their file stem and 0.",
-    )
-    predict.add_argument("images", nargs="*", metavar="IMAGE")
-    predict.add_argument("--model", required=True, help=".keras model from train")
-    predict.add_argument("--video", help="a video file; its stem is the video id")
-    predict.add_argument("--video-id", help="video id for --video (default: the file stem)")
-    predict.add_argument("--seconds", help="keyframe seconds of --video, e.g. 902,905,910-920")
-    predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--min-score", type=float, default=0.3,
-                         help="pictures show detections from this score (default 0.3)")
-    predict.add_argument("--no-pictures", action="store_true", help="write the CSV only")
-    predict.set_defaults(func=_cmd_predict)
 
-    # --- export parser ---
-    export = sub.add_parser(
-        "export", help="write an inference SavedModel (and .keras) of a trained model",
-        description="OUT/saved_model: signature serving_default takes a uint8 image batch "
-        "[B, H, W, 3] of any size and returns boxes (normalized x1, y1, x2, y2), scores, "
-        "classes (class index), class_ids (action ids) and num_detections; signature "
-        "class_names returns the class names. OUT/model.keras: the Keras model.",
-    )
-    export.add_argument("--model", required=True, help=".keras model from train")
-    export.add_argument("--out", required=True, help="output folder")
-    export.set_defaults(func=_cmd_export)
-
-    demo = sub.add_parser(
-        "demo", help="the whole pipeline on a synthetic corpus, offline (what `make demo` runs)")
-    demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    demo.add_argument("--train-minutes", type=float, default=6.0, help="training budget")
-    demo.set_defaults(func=_cmd_demo)
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="per-class AP by the official AVA frame-mAP protocol",
         description="Score AVA-format detections against ground truth (official AVA frame-mAP: "
                     "Pascal AP at IoU 0.5, the 50 best detections per keyframe).",
     )
-    p.add_argument("--groundtruth", metavar="GT.csv", help="AVA ground-truth CSV")
-    p.add_argument("--detections", metavar="DET.csv",
-                   help="AVA detections CSV (video_id,second,x1,y1,x2,y2,action_id,score)")
-    p.add_argument("--labelmap", metavar="PBTXT",
-                   help="classes to evaluate (default: the official 60-class map)")
-    p.add_argument("--metric", choices=("ava", "voc07", "coco"), default="ava",
-                   help="ava: all-point AP at IoU 0.5 (default); voc07: 11-point; "
-                        "coco: mean of all-point AP over IoU 0.50:0.05:0.95")
-    p.add_argument("--json", metavar="OUT", help='write {"mAP", "per_class", "num_groundtruth"}')
-    p.add_argument("--plot", metavar="OUT.png", help="write a per-class AP bar chart")
-    p.add_argument("--pr-curves", metavar="DIR", help="write one precision-recall plot per class")
-    p.set_defaults(func=_cmd_evaluate)
-    # --- evaluate --model parser ---
-    evaluate = sub.choices["evaluate"]
-    model_mode = evaluate.add_argument_group(
+    csv_mode = p.add_argument_group("CSV mode", "evaluate --groundtruth GT --detections DET")
+    csv_mode.add_argument("--groundtruth", metavar="GT.csv", help="AVA ground-truth CSV")
+    csv_mode.add_argument("--detections", metavar="DET.csv",
+                          help="AVA detections CSV (video_id,second,x1,y1,x2,y2,action_id,score)")
+    model_mode = p.add_argument_group(
         "model mode", "evaluate --model M --dataset D [--split S]: run a trained model on a "
         "TFDS split, write its detections CSV and score them against the split's ground truth"
     )
@@ -370,7 +276,67 @@ def build_parser() -> argparse.ArgumentParser:
                             help="where the detections go (default: detections.csv)")
     model_mode.add_argument("--batch-size", type=_positive, default=8)
     model_mode.add_argument("--limit", type=_positive, help="score at most this many images")
-    evaluate.set_defaults(func=_cmd_evaluate_model)
+    p.add_argument("--labelmap", metavar="PBTXT",
+                   help="classes to evaluate (default: the official 60-class map)")
+    p.add_argument("--metric", choices=("ava", "voc07", "coco"), default="ava",
+                   help="ava: all-point AP at IoU 0.5 (default); voc07: 11-point; "
+                        "coco: mean of all-point AP over IoU 0.50:0.05:0.95")
+    p.add_argument("--json", metavar="OUT", help='write {"mAP", "per_class", "num_groundtruth"}')
+    p.add_argument("--plot", metavar="OUT.png", help="write a per-class AP bar chart")
+    p.add_argument("--pr-curves", metavar="DIR", help="write one precision-recall plot per class")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="detect actions in images or video keyframes",
+        description="Write OUT/detections.csv (official AVA detections: video_id, second, x1, "
+        "y1, x2, y2, action_id, score) and a picture per keyframe. An image named "
+        "<video id>_<second>.<ext> keeps that keyframe; others get their file stem and 0.",
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE")
+    p.add_argument("--model", required=True, help=".keras model from train")
+    p.add_argument("--video", help="a video file; its stem is the video id")
+    p.add_argument("--video-id", help="video id for --video (default: the file stem)")
+    p.add_argument("--seconds", metavar="S,S-S",
+                   help="keyframe seconds of --video, e.g. 902,905,910-920")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--min-score", type=float, default=0.3,
+                   help="pictures show detections from this score (default 0.3)")
+    p.add_argument("--no-pictures", action="store_true", help="write the CSV only")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="write an inference SavedModel (and .keras) of a trained model",
+        description="OUT/saved_model: signature serving_default takes a uint8 image batch "
+        "[B, H, W, 3] of any size and returns boxes (normalized x1, y1, x2, y2), scores, "
+        "classes (class index), class_ids (action ids) and num_detections; signature "
+        "class_names returns the class names. OUT/model.keras: the Keras model.",
+    )
+    p.add_argument("--model", required=True, help=".keras model from train")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_export)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on a synthetic corpus, offline (what `make demo` runs)")
+    p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--train-minutes", type=float, default=6.0, help="training budget")
+    p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ava-detector",
+        description="KerasCV RetinaNet on AVA keyframes: train, evaluate, predict, export.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=VerbParser)
+    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_demo):
+        add(sub)
     return parser
 
 

@@ -120,7 +120,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResul
     from ava_keyframes.synth import make_corpus
     from detector import ap
     from detector.data import dataset_info
-    from detector.predict import evaluate_model, evaluation_labelmap
+    from detector.predict import evaluate_model
     from detector.train import TrainOptions, train
 
     settings = settings or DemoSettings()
@@ -153,7 +153,6 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResul
 
     print(f"[4/4] per-class AP on {info.splits['validation']} held-out keyframes")
     result = evaluate_model(trained.model, info, "validation", data_dir=data_dir,
-                            labelmap=evaluation_labelmap(info),
                             detections_csv=out / "detections.csv")
     outputs = {
         "AP table": out / "ap.md",

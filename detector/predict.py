@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from ava_keyframes.annotations import VIDEO_ID_RE, Annotations
-from ava_keyframes.labelmap import LabelMap, evaluation_labelmap_path, read_labelmap
+from ava_keyframes.annotations import VIDEO_ID_RE, Annotations, check_video_id
+from ava_keyframes.frames import extract_keyframes
+from ava_keyframes.labelmap import LabelMap
 from detector import ap
 from detector.data import DatasetInfo, eval_batches, letterbox
 from detector.model import ModelError, MultiLabelRetinaNet
@@ -168,14 +169,6 @@ def write_detections_csv(table: pd.DataFrame, path: str | Path) -> None:
                              f"{y2:.4f}", action_id, f"{score:.6f}"])
 
 
-def evaluation_labelmap(info: DatasetInfo, path: str | None = None) -> LabelMap:
-    """The classes to score: `path` if given; for AVA the official 60-class evaluation map;
-    otherwise the dataset's own classes."""
-    if path:
-        return read_labelmap(path)
-    return read_labelmap(evaluation_labelmap_path()) if info.ava_classes else info.labelmap()
-
-
 def evaluate_model(
     model: MultiLabelRetinaNet,
     info: DatasetInfo,
@@ -196,7 +189,46 @@ def evaluate_model(
     detections = detections_table(keyframes, model.class_ids)
     if detections_csv is not None:
         write_detections_csv(detections, detections_csv)
-    return ap.evaluate(groundtruth, detections, labelmap or evaluation_labelmap(info), metric)
+    return ap.evaluate(groundtruth, detections, labelmap or ap.scored_labelmap(info=info), metric)
+
+
+class InputError(ValueError):
+    """An image or video given to predict that cannot be read."""
+
+
+def read_images(paths: Iterable[str | Path]) -> Iterator[tuple[str, int, np.ndarray]]:
+    """`(video_id, second, HxWx3 uint8 RGB image)` per image file (see `image_keyframe`),
+    for `detect_images`; `InputError` names a file that is missing or not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    for name in paths:
+        path = Path(name)
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except Image.DecompressionBombError as error:
+            raise InputError(f"{path}: refused, {error}") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise InputError(f"{path}: not a readable image ({error})") from None
+        yield (*image_keyframe(path), pixels)
+
+
+def video_keyframes(
+    path: str | Path, seconds: Iterable[int], *, video_id: str | None = None
+) -> Iterator[tuple[str, int, np.ndarray]]:
+    """`(video_id, second, frame)` for keyframe `seconds` of a video file, for
+    `detect_images`; the video id defaults to the file's stem. Raises what
+    `extract_keyframes` raises (`MissingKeyframes` after the frames that exist)."""
+    video_id = video_id or Path(path).stem
+    try:
+        check_video_id(video_id)
+    except ValueError as error:
+        raise InputError(f"{error} (from the file name of {path}; give the id: "
+                         "--video-id, video_id=)") from None
+    for second, frame in extract_keyframes(path, seconds):
+        yield video_id, int(second), frame
 
 
 def image_keyframe(path: Path) -> tuple[str, int]:

@@ -29,7 +29,7 @@ from detector.model import (
     load_model,
     preset_backbone,
 )
-from detector.predict import evaluate_model, evaluation_labelmap
+from detector.predict import evaluate_model
 
 SNAPSHOT_EPOCH = re.compile(r"_(\d+)\.keras$")
 
@@ -91,7 +91,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         super().__init__()
         self.info, self.split, self.data_dir = info, split, data_dir
         self.every, self.epochs, self.limit, self.batch_size = every, epochs, limit, batch_size
-        self.labelmap = evaluation_labelmap(info)
+        self.labelmap = ap.scored_labelmap(info=info)
         self.writer = (
             tf.summary.create_file_writer(str(Path(tensorboard_dir) / "evaluation"))
             if tensorboard_dir else None

@@ -1,0 +1,160 @@
+"""What both command-line tools share: the runner, the user-error idiom, quiet libraries and
+the `--seconds` grammar. Imports nothing heavy, so that a verb pays only for what it uses."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+MAX_SECONDS = 86_400  # one day of video: more keyframes than any --seconds list needs
+# A line of TensorFlow's / XLA's / absl's C++ logging ("I0000 00:00:17.2 1234 port.cc:153] ..."),
+# and absl's note that precedes the first of them.
+_NATIVE_LOG_LINE = re.compile(
+    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] |WARNING: All log messages before "
+    rb"absl::InitializeLog\(\) is called are written to STDERR$|To enable the following "
+    rb"instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$)"
+)
+_LIBRARIES = ("tensorflow", "keras", "keras_cv", "tensorflow_datasets", "absl", "h5py", "google")
+
+
+class CliError(Exception):
+    """A user's mistake: printed as one line, exit code 2, no traceback."""
+
+
+class VerbParser(argparse.ArgumentParser):
+    """A verb's parser (pass as ``add_subparsers(parser_class=VerbParser)``): every verb takes
+    ``-v/--verbose``, which lets the libraries' start-up and deprecation logs through."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("-v", "--verbose", action="store_true",
+                          help="show TensorFlow's, CUDA's and other libraries' logs")
+
+
+@contextmanager
+def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Inside, an exception of ``kinds`` (a library's way of saying the input is wrong)
+    becomes a CliError carrying its message: one line for the user, no traceback."""
+    try:
+        yield
+    except kinds as error:
+        raise CliError(str(error)) from None
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run the chosen command; a CliError becomes one line and exit 2.
+    Unless the verb got ``-v``, the libraries run quietly (`quiet_libraries`)."""
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "verbose", False):
+            return args.func(args)
+        with quiet_libraries():
+            return args.func(args)
+    except CliError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Run with TensorFlow's, CUDA's and absl's start-up logs and the libraries' deprecation
+    warnings silenced.
+
+    TensorFlow 2.21 logs through absl's C++ logging before ``absl::InitializeLog`` and ignores
+    ``TF_CPP_MIN_LOG_LEVEL`` for those lines (oneDNN, cudart stub, ``cuInit`` failures), so
+    the process's native stderr (file descriptor 2) goes to a temporary file meanwhile;
+    Python's ``sys.stderr`` keeps writing to the terminal. Afterwards, every line of that
+    file that is not a native log line (from a child process, say) is written out.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # the default; set, it is not announced
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings(), _native_stderr_filtered():
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        for library in _LIBRARIES:
+            warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
+        yield
+
+
+@contextmanager
+def _native_stderr_filtered() -> Iterator[None]:
+    try:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+    except (OSError, ValueError):  # no usable file descriptor 2 (embedded, closed): leave it
+        yield
+        return
+    python_stderr = sys.stderr
+    try:  # Python's stderr may be fd 2 (a terminal, a pipe) or its own object (a test capture)
+        on_fd2 = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        on_fd2 = False
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        if on_fd2:
+            sys.stderr = open(os.dup(terminal), "w", buffering=1,  # noqa: SIM115
+                              encoding=python_stderr.encoding, errors="backslashreplace")
+        try:
+            yield
+        finally:
+            if on_fd2:
+                sys.stderr.close()
+            sys.stderr = python_stderr
+            os.dup2(terminal, 2)
+            os.close(terminal)
+            sink.seek(0)
+            kept = [line for line in sink if not _NATIVE_LOG_LINE.match(line)]
+            if kept:
+                sys.stderr.flush()
+                os.write(2, b"".join(kept))
+
+
+def parse_seconds(text: str, *, fractions: bool = False) -> dict[int | float, list[str]]:
+    """The `--seconds` grammar of both tools: a comma list of seconds and ranges, e.g.
+    ``902,903,910-915`` (``fractions``: single values may have decimals, ``902.5``).
+
+    Returns ``{second: [tokens as written]}`` in the order given, so that ``902`` and ``0902``
+    keep their own spelling (a range's members take its first bound's zero padding). Raises
+    CliError naming the bad part, and for lists of more than `MAX_SECONDS` seconds."""
+    seconds: dict[int | float, list[str]] = {}
+    count = 0
+    for token in (t.strip() for t in text.split(",")):
+        first, dash, last = token.partition("-")
+        if dash and _whole(first) and _whole(last):
+            low, high = int(first), int(last)
+            if high < low:
+                raise CliError(f"--seconds: range {token!r} ends before it starts")
+            values = [(s, f"{s:0{len(first)}d}") for s in range(low, min(high, low + MAX_SECONDS)
+                                                                  + 1)]
+            count += high - low + 1
+        elif _whole(token) or (fractions and _decimal(token)):
+            values = [(int(token) if _whole(token) else float(token), token)]
+            count += 1
+        else:
+            example = "902, 902.5 or 902-910" if fractions else "902 or a range like 902-910"
+            raise CliError(f"--seconds: {token!r} is not a second such as {example}")
+        if count > MAX_SECONDS:
+            raise CliError(f"--seconds: {text!r} lists more than {MAX_SECONDS} seconds")
+        for value, spelling in values:
+            seconds.setdefault(value, []).append(spelling)
+    return seconds
+
+
+def _whole(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _decimal(text: str) -> bool:
+    whole, dot, part = text.partition(".")
+    return bool(dot) and _whole(whole) and _whole(part)
