@@ -17,7 +17,7 @@ MAX_SECONDS = 86_400  # one day of video: more keyframes than any --seconds list
 # A line of TensorFlow's / XLA's / absl's C++ logging ("I0000 00:00:17.2 1234 port.cc:153] ..."),
 # and absl's note that precedes the first of them.
 _NATIVE_LOG_LINE = re.compile(
-    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] |WARNING: All log messages before "
+    rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] |WARNING: All log messages before "
     rb"absl::InitializeLog\(\) is called are written to STDERR$|To enable the following "
     rb"instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$)"
 )

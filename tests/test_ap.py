@@ -5,6 +5,10 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -319,3 +323,27 @@ def test_cli_evaluate_metric_and_errors(small_csvs, tmp_path, capsys):
     assert main(["evaluate", "--groundtruth", str(gt_csv), "--detections", str(det_csv),
                  "--json", str(tmp_path / "no" / "dir" / "ap.json")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+# A line of TensorFlow's / absl's native logging, or a Python warning.
+LIBRARY_LINE = re.compile(r"^[IWEF]\d{4} |absl::|tensorflow|Warning|cuInit|oneDNN|cuda", re.I)
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    """`ava-detector ARGV` in a fresh interpreter, without TF logging settings of the caller;
+    the interpreter exits with an error if TensorFlow or TFDS got imported."""
+    code = ("import sys; from detector.cli import main; code = main(sys.argv[1:]); "
+            "heavy = {'tensorflow', 'tensorflow_datasets'} & set(sys.modules); "
+            "sys.exit(f'imported {sorted(heavy)}' if heavy else code)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    return subprocess.run([sys.executable, "-c", code, *argv],  # noqa: S603
+                          capture_output=True, text=True, env=env, check=False)
+
+
+def test_cli_evaluate_on_csvs_is_quiet_and_loads_no_tensorflow(small_csvs):
+    gt_csv, det_csv = small_csvs
+    done = run_cli("evaluate", "--groundtruth", str(gt_csv), "--detections", str(det_csv))
+    assert done.returncode == 0, done.stderr
+    assert "| walk | 1 | 1.0000 |" in done.stdout
+    lines = done.stderr.splitlines()
+    assert lines and not [line for line in lines if LIBRARY_LINE.search(line)], lines

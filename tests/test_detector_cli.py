@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -177,3 +180,19 @@ def test_pictures_show_truth_in_white_and_one_label_per_box():
     assert (picture[10, 10:31] == 255).all() and (picture[30, 10] == 255).all()
     untouched = draw_keyframe(image, keyframe, ["sit", "carry"], min_score=0.95)
     np.testing.assert_array_equal(untouched, image)  # nothing above 0.95: nothing drawn
+
+
+def test_verbs_that_run_tensorflow_are_quiet_unless_verbose(model_path, tmp_path):
+    """No TensorFlow, absl, CUDA or warning line on stderr, whatever TF_* the caller set;
+    `-v` lets them through."""
+    image = tmp_path / "AbCdEfGhIjK_0902.png"
+    Image.fromarray(next(examples(seed=7, count=1))[2]).save(image)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    argv = [sys.executable, "-m", "detector.cli", "predict", "--model", model_path, str(image),
+            "--out", str(tmp_path / "out")]
+    quiet = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == "" and quiet.stdout.startswith("1 keyframes, "), quiet
+    verbose = subprocess.run([*argv, "-v"],  # noqa: S603
+                             capture_output=True, text=True, env=env, check=False)
+    assert verbose.returncode == 0 and "] " in verbose.stderr  # TF's native log lines
