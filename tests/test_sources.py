@@ -12,6 +12,7 @@ import pytest
 
 from ava_keyframes import cli
 from ava_keyframes.media import ffmpeg_binary
+from ava_keyframes.remote import Hosts, Limits
 from ava_keyframes.sources import VideoCache
 
 GOOD = "abcdefghijk"  # not in the official mirror list: tried as .mkv, .mp4, .webm
@@ -101,9 +102,12 @@ def no_source_env(monkeypatch):
 
 
 def mirror_cache(cache_dir, server, waits=None, **options) -> VideoCache:
-    return VideoCache(cache_dir, sources="mirror", mirror=server.url + "/m/", timeout=5,
-                      retries=options.pop("retries", 3), backoff=0.01,
-                      sleep=(waits if waits is not None else []).append, **options)
+    """A mirror-only cache on ``server`` with short limits; ``options`` of Limits go there."""
+    limits = {name: options.pop(name) for name in list(options) if hasattr(Limits, name)}
+    limits = Limits(**{"read_timeout": 5, "attempts": 4, "backoff": 0.01, **limits})
+    return VideoCache(cache_dir, sources="mirror", mirror=server.url + "/m/", limits=limits,
+                      sleep=(waits if waits is not None else []).append, hosts=Hosts(),
+                      **options)
 
 
 def test_mirror_download_is_byte_identical_and_a_second_run_makes_no_request(
@@ -188,8 +192,9 @@ def test_5xx_and_timeouts_are_retried_with_exponential_backoff(tmp_path, server,
     server.files[path] = video_bytes
     server.script[path] = [503, 500, "slow"]
     waits = []
-    cache = VideoCache(tmp_path, sources="mirror", mirror=server.url + "/m", timeout=0.3,
-                       retries=3, backoff=0.01, sleep=waits.append)
+    cache = VideoCache(tmp_path, sources="mirror", mirror=server.url + "/m",
+                       limits=Limits(read_timeout=0.3, attempts=4, backoff=0.01),
+                       sleep=waits.append)
     result = cache.fetch(GOOD)
     assert result.path.read_bytes() == video_bytes
     assert waits == [0.01, 0.02, 0.04]
@@ -199,7 +204,7 @@ def test_transient_failures_give_up_without_recording(tmp_path, server, video_by
     path = f"/m/{GOOD}.mp4"
     server.files[path] = video_bytes
     server.script[path] = [503] * 10
-    result = mirror_cache(tmp_path, server, retries=2).fetch(GOOD)
+    result = mirror_cache(tmp_path, server, attempts=3).fetch(GOOD)
     assert result.status == "unavailable" and "gave up after 3" in result.reason
     assert not (tmp_path / "unavailable.json").exists()
 
@@ -221,8 +226,8 @@ def test_youtube_source_downloads_through_ytdlp_and_the_url_template(
         server.files[f"/yt/{video_id}.mp4"] = video_bytes
     monkeypatch.chdir(tmp_path.parent)  # a relative cache folder
     cache = VideoCache(tmp_path.name, sources="youtube",
-                       youtube_template=server.url + "/yt/{id}.mp4", timeout=5, backoff=0.01,
-                       sleep=lambda s: None)
+                       youtube_template=server.url + "/yt/{id}.mp4",
+                       limits=Limits(read_timeout=5, backoff=0.01), sleep=lambda s: None)
     results = cache.fetch_many([GOOD, DASHED, MISSING], jobs=1, progress=False)
     assert [(r.status, r.source) for r in results[:2]] == [("downloaded", "youtube")] * 2
     for result, video_id in zip(results[:2], (GOOD, DASHED), strict=True):
@@ -242,7 +247,8 @@ def test_sources_in_order_first_success_wins_and_local_files_are_used_in_place(
     server.files[f"/yt/{MISSING}.mp4"] = video_bytes
     cache = VideoCache(tmp_path / "cache", sources="local,mirror,youtube",
                        mirror=server.url + "/m/", youtube_template=server.url + "/yt/{id}.mp4",
-                       manual_dir=tmp_path / "manual", timeout=5, sleep=lambda s: None)
+                       manual_dir=tmp_path / "manual", limits=Limits(read_timeout=5),
+                       sleep=lambda s: None)
     local = cache.fetch(GOOD)
     assert (local.status, local.source, local.path) == ("cached", "local", manual / f"{GOOD}.webm")
     assert server.requests == [] and not (tmp_path / "cache").exists()
