@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ava_keyframes.remote import Limits
 from ava_keyframes.runner import CliError, VerbParser, parse_seconds, run, user_errors
 
 
@@ -77,6 +78,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 # --- download ---
+_LIMIT_FLAGS = {  # flag -> (type, help): the fields of ava_keyframes.remote.Limits
+    "read_timeout": (float, "seconds one read may wait"),
+    "deadline": (float, "seconds allowed per file, plus its size / --min-rate"),
+    "min_rate": (float, "bytes per second the deadline allows for"),
+    "max_retry_after": (float, "longest Retry-After waited for; longer gives up the file"),
+    "attempts": (int, "failed requests per file before giving up"),
+    "max_bytes": (int, "largest file accepted, in bytes"),
+}
+
+
 def _download_ids(args: argparse.Namespace) -> list[str]:
     """Validated ids from --ids, or the distinct ids of --csv in file order."""
     from ava_keyframes.annotations import AnnotationError, check_video_id, read_annotations
@@ -96,6 +107,9 @@ def _download_ids(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
+    """Exit 0 when every video is in hand or permanently unavailable (listed), 1 when one
+    was lost to a cause that may pass (run again), 2 for a user's mistake or unusable cache."""
+    from ava_keyframes.cache import CacheError
     from ava_keyframes.sources import VideoCache
 
     ids = _download_ids(args)
@@ -103,21 +117,28 @@ def _cmd_download(args: argparse.Namespace) -> int:
         raise CliError("no video ids given")
     if args.jobs < 1:
         raise CliError(f"--jobs must be at least 1, not {args.jobs}")
-    with user_errors(ValueError):
+    with user_errors(ValueError, CacheError):
+        limits = Limits.from_env(**{name: getattr(args, name) for name in _LIMIT_FLAGS})
         cache = VideoCache(args.cache, sources=args.sources, mirror=args.mirror,
                            youtube_template=args.youtube_url_template,
-                           manual_dir=args.manual_dir, retry_unavailable=args.retry_unavailable)
-    results = cache.fetch_many(ids, jobs=args.jobs, progress=True)
+                           manual_dir=args.manual_dir, retry_unavailable=args.retry_unavailable,
+                           limits=limits)
+        results = cache.fetch_many(ids, jobs=args.jobs, progress=True)
+    console = sys.stderr if args.json else sys.stdout
     for result in results:
         if args.json:
             print(json.dumps(result.to_json()))
-        elif result.status == "unavailable":
-            print(f"{result.id}: unavailable: {result.reason}")
-    if not args.json:
-        counts = {s: sum(r.status == s for r in results)
-                  for s in ("cached", "downloaded", "unavailable")}
-        print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (cache: {cache.cache_dir})")
-    return 0
+        if result.status == "unavailable":
+            kind = "lost (transient, run again)" if result.transient else "unavailable"
+            print(f"{result.id}: {kind}: {result.reason}", file=console)
+    counts = {s: sum(r.status == s for r in results) for s in ("cached", "downloaded",
+                                                                 "unavailable")}
+    transient = sum(r.transient for r in results)
+    fetched = sum(r.bytes_fetched for r in results)
+    print(f"{len(results)} videos: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + f" ({transient} transient); {fetched} bytes fetched (cache: {cache.cache_dir})",
+          file=console)
+    return 1 if transient else 0
 
 
 # --- frames ---
@@ -127,24 +148,30 @@ def _cmd_frames(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
+    from ava_keyframes.media import decoder_info
 
     seconds = parse_seconds(args.seconds, fractions=True)
     if args.max_side is not None and args.max_side < 1:
         raise CliError(f"--max-side must be at least 1, not {args.max_side}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    written = 0
+    written: list[dict] = []
     options = {"quality": 95} if args.format == "jpg" else {}
     try:
         for second, image in extract_keyframes(args.video, seconds, max_side=args.max_side):
             for token in seconds[second]:
                 Image.fromarray(image).save(out / f"{token}.{args.format}", **options)
-                written += 1
+                written.append({"second": token, "path": str(out / f"{token}.{args.format}"),
+                                "width": image.shape[1], "height": image.shape[0]})
     except MissingKeyframes as error:
-        raise CliError(f"{error}; wrote the other {written} frame(s) to {out}") from None
+        raise CliError(f"{error}; wrote the other {len(written)} frame(s) to {out}") from None
     except KeyframeError as error:
         raise CliError(str(error)) from None
-    print(f"wrote {written} frame(s) to {out}")
+    if args.json:
+        print(json.dumps({"video": str(args.video), "frames": written,
+                          "decoder": decoder_info()}, indent=2))
+    else:
+        print(f"wrote {len(written)} frame(s) to {out}")
     return 0
 
 
@@ -215,7 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-unavailable", action="store_true",
                    help="try again the videos recorded as unavailable")
     p.add_argument("--json", action="store_true",
-                   help='one {"id", "status", "path", "source", "reason"} per line')
+                   help="one JSON object per video on stdout (FetchResult.to_json: status, "
+                   "path, source, reason, fetch_mode, bytes_fetched, transient); the lost "
+                   "videos and the total go to stderr")
+    for flag, (kind, meaning) in _LIMIT_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, metavar="N",
+                       help=f"{meaning} (default: $AVA_KEYFRAMES_{flag.upper()} or "
+                       f"{getattr(Limits, flag):,})")
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("frames", help="extract frame-exact keyframes from a video",
@@ -230,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format")
     p.add_argument("--max-side", type=int, metavar="N",
                    help="downscale so that the longer side is at most N pixels")
+    p.add_argument("--json", action="store_true",
+                   help="print the written frames and the decoder's library versions as JSON")
     p.set_defaults(func=_cmd_frames)
 
     p = sub.add_parser("export-csv", help="export a built TFDS split for keras-retinanet",
