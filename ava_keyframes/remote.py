@@ -203,9 +203,14 @@ class Hosts:
 HOSTS = Hosts()  # the process's memory of unreachable hosts
 
 
+class NoRanges(Refused):
+    """The server answered a Range request with the whole file (no 206)."""
+
+
 class Range(NamedTuple):
     data: bytes
     total: int | None  # the whole file's size, from Content-Range
+    etag: str | None = None  # identifies the file's version, when the server sends one
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
@@ -296,8 +301,12 @@ class Remote:
         def attempt() -> Range:
             with self.open(url, {"Range": f"bytes={start}-{end - 1}"}, deadline) as response:
                 match = CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
-                if response.status != 206 or not match or int(match[1]) != start:
-                    raise Refused(f"{url}: the server does not answer byte ranges")
+                if response.status != 206:
+                    raise NoRanges(f"{url}: the server does not answer byte ranges "
+                                   f"(HTTP {response.status})")
+                if not match or int(match[1]) != start:
+                    raise Refused(f"{url}: bad Content-Range for bytes {start}-{end - 1}")
+                etag = response.headers.get("ETag")
                 data = bytearray()
                 for chunk in self.chunks(response, deadline, meter, url):
                     data += chunk
@@ -305,7 +314,7 @@ class Remote:
                         raise Refused(f"{url}: more bytes than the range asked for")
             if len(data) < min(end, int(match[2]) + 1) - start:
                 raise Transient(f"{url}: range cut short at {start + len(data)}")
-            return Range(bytes(data), None if match[3] == "*" else int(match[3]))
+            return Range(bytes(data), None if match[3] == "*" else int(match[3]), etag)
 
         return self.retrying(attempt, deadline, url)
 
