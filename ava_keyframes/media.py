@@ -1,47 +1,215 @@
-"""Where the ffmpeg binary comes from, and the one check that a file is a decodable video.
+"""The decoding engine: video files decoded in process through FFmpeg's libraries (PyAV).
 
-Order: the ``FFMPEG_BINARY`` environment variable, then ``ffmpeg`` on PATH, then the
-binary shipped inside the ``imageio-ffmpeg`` wheel (so ``pip`` alone provides ffmpeg).
-There is no ffprobe anywhere in this package: everything is read from ffmpeg itself.
+Every decoded result (keyframes, clips, the check that a download is a video) comes from the
+FFmpeg build inside the PyAV wheel, so ``pip`` gives every machine the same decoder, and
+timestamps, stream starts and errors come from its API, never from text. ``decoder_info``
+names that build, for build reports.
+
+An ffmpeg command line is still run for jobs where a command line is the right tool
+(encoding the synthetic corpus, yt-dlp's merging, benchmark baselines): ``ffmpeg_binary`` is
+always the binary inside the ``imageio-ffmpeg`` wheel, never one found on PATH.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
-import shutil
-import subprocess
+from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
+
+import av
 
 
 class VideoError(Exception):
-    """A video file that ffmpeg cannot open or decode; the message names the file."""
+    """A video file that cannot be opened or decoded; the message names the file."""
+
+
+def decoder_info() -> dict[str, str]:
+    """The decoding engine and its library versions, e.g. ``{"engine": "pyav", "pyav":
+    "18.1.0", "ffmpeg": "8.1.2", "libavcodec": "62.28.102", ...}``: equal dicts, same
+    decoder."""
+    info = {"engine": "pyav", "pyav": av.__version__, "ffmpeg": av.ffmpeg_version_info}
+    for library, version in sorted(av.library_versions.items()):
+        info[library] = ".".join(str(part) for part in version)
+    return info
 
 
 @functools.cache
 def ffmpeg_binary() -> str:
-    """Path of the ffmpeg executable to run (cached for the process)."""
-    configured = os.environ.get("FFMPEG_BINARY")
-    if configured:
-        if not (Path(configured).is_file() or shutil.which(configured)):
-            raise VideoError(f"FFMPEG_BINARY={configured!r} is not an executable file")
-        return configured
-    on_path = shutil.which("ffmpeg")
-    if on_path:
-        return on_path
+    """Path of the ffmpeg executable for command-line jobs: the imageio-ffmpeg wheel's own.
+
+    ``IMAGEIO_FFMPEG_EXE`` (imageio-ffmpeg's variable) chooses another one explicitly. Where
+    the wheel has no binary for this platform, imageio-ffmpeg would fall back to one on PATH:
+    that stops here with a message naming it, rather than using it unasked.
+    """
     import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    bundled = Path(imageio_ffmpeg.__file__).resolve().parent / "binaries"
+    if os.environ.get("IMAGEIO_FFMPEG_EXE") or Path(exe).resolve().is_relative_to(bundled):
+        return exe
+    raise VideoError(f"imageio-ffmpeg has no ffmpeg binary for this platform, and {exe} "
+                     "would be used instead: set IMAGEIO_FFMPEG_EXE to it (or to another "
+                     "ffmpeg) to use it for encoding; decoding never uses it")
 
 
-def check_video(path: str | os.PathLike) -> None:
-    """Raise VideoError unless ffmpeg decodes at least one video frame of ``path``."""
+class Video:
+    """One open video file: its first video stream, the time of its first frame, and
+    decoding forward from any time. Use :func:`open_video`; close it (``with``).
+
+    ``start`` is the presentation time of the first frame the decoder outputs from the start
+    of the file (edit lists, late or negative starts and open GOPs included): where a
+    video's seconds count from. Times are exact Fractions in the file's timeline.
+    """
+
+    def __init__(self, path: Path, container: av.container.InputContainer) -> None:
+        self.path = path
+        self._container = container
+        self._stream = container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self._time_base = self._stream.time_base
+        self.problem = ""
+        """The first error of the latest decode (empty if none): it ended that decode."""
+        self.start, self._first_key = self._first_frame()
+
+    def __enter__(self) -> Video:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._container.close()
+
+    @property
+    def declared_end(self) -> Fraction | None:
+        """The end of the video stream as the file's header declares it, if it does."""
+        stream, container = self._stream, self._container
+        if stream.duration is not None and stream.start_time is not None:
+            return (stream.start_time + stream.duration) * self._time_base
+        if container.duration is None:
+            return None
+        return Fraction(container.duration + (container.start_time or 0), av.time_base)
+
+    def _first_frame(self) -> tuple[Fraction, Fraction]:
+        """(time of the first frame decoded from the file's start, time of the first packet
+        with a timestamp): where seconds count from, and how to tell a seek reached the start."""
+        first_key = None
+        for packet in self.packets():
+            if first_key is None and packet.pts is not None:
+                first_key = packet.pts * self._time_base
+            for time, _ in self.decoded(packet, None):
+                return time, time if first_key is None else min(first_key, time)
+            if self.problem:
+                break
+        raise VideoError(f"{self.path}: not a decodable video "
+                         f"({self.problem or 'no frame decodes'})")
+
+    def frames_from(self, time: Fraction) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+        """``(time, frame)`` in presentation order, among them every frame at or after
+        ``time``, until the end of the file or the first error (then in ``problem``)."""
+        key, packets, after = self._seek(time)
+        if key is None:
+            return
+        for packet in _chain(key, packets):
+            yield from self.decoded(packet, after)
+            if self.problem:
+                return
+
+    def _seek(self, time: Fraction
+              ) -> tuple[av.Packet | None, Iterator[av.Packet], Fraction | None]:
+        """Seek to the key frame at or before ``time``: (its packet, the packets after it,
+        the time before which decoded frames are not to be trusted, None at the start)."""
+        self.problem = ""
+        target, back = max(time, self._first_key), Fraction(1)
+        while True:
+            self._container.seek(math.floor(target / self._time_base), stream=self._stream)
+            packets = self.packets()
+            key = next((p for p in packets if p.pts is not None or p.size == 0), None)
+            if key is None or key.size == 0:
+                return None, packets, None
+            key_time = key.pts * self._time_base
+            if key_time <= self._first_key or target <= self._first_key:
+                return key, packets, None
+            if key_time <= time:
+                return key, packets, key_time
+            # the index pointed past `time` (it may hold decoding times): seek further back
+            target, back = max(min(target, key_time) - back, self._first_key), back * 2
+
+    def packets(self) -> Iterator[av.Packet]:
+        """The video stream's packets from the current position; the last one (empty)
+        drains the decoder. A demuxing error ends them, noted in ``problem``."""
+        demuxer = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(demuxer)
+            except StopIteration:
+                return
+            except av.FFmpegError as error:
+                self.problem = f"demuxing failed: {error}"
+                return
+            yield packet
+
+    def decoded(self, packet: av.Packet, after: Fraction | None
+                ) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+        """Frames of one packet with their times. Frames before ``after`` (leading frames of
+        an open GOP, decoded without their references) are dropped; an error or a frame the
+        decoder marks corrupt ends the decode, noted in ``problem``."""
+        try:
+            frames = self._stream.codec_context.decode(packet)
+        except av.FFmpegError as error:
+            self.problem = f"decoding failed: {error}"
+            return
+        for frame in frames:
+            if frame.pts is None or frame.is_corrupt:
+                self.problem = ("a frame without a timestamp" if frame.pts is None else
+                                f"corrupt frame at {float(frame.pts * self._time_base):.3f} s")
+                return
+            time = frame.pts * self._time_base
+            if after is None or time >= after:
+                yield time, frame
+
+
+def _chain(first: av.Packet, rest: Iterator[av.Packet]) -> Iterator[av.Packet]:
+    yield first
+    yield from rest
+
+
+def open_video(path: str | os.PathLike) -> Video:
+    """Open ``path``'s first video stream and decode its first frame, or raise VideoError."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"{path}: no such file")
-    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(path.resolve()),
-           "-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # noqa: S603
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["ffmpeg failed"])[-1]
-        raise VideoError(f"{path}: not a decodable video ({reason})")
+    try:
+        container = av.open(str(path), metadata_errors="replace")
+    except av.FFmpegError as error:
+        raise VideoError(f"{path}: not a decodable video ({error})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: not a decodable video (no video stream)")
+    try:
+        return Video(path, container)
+    except BaseException:
+        container.close()
+        raise
+
+
+def check_video(path: str | os.PathLike, *, until: float | Fraction | None = None,
+                origin: Fraction | None = None) -> None:
+    """Raise VideoError unless ``path``'s first frame decodes and its video packets demux
+    without error through ``until`` seconds (counted from ``origin``, the original video's
+    first frame in this file's timeline; None = this file's first frame), or through the
+    end of the file if ``until`` is None. A file that ends before ``until`` fails too."""
+    with open_video(path) as video:
+        start = video.start if origin is None else Fraction(origin)
+        end = None if until is None else start + Fraction(until)
+        last = None
+        for packet in video.packets():
+            if packet.pts is not None:
+                last = packet.pts * packet.time_base
+                if end is not None and last >= end:
+                    return
+        if video.problem:
+            raise VideoError(f"{path}: {video.problem}")
+        if end is not None:
+            reached = "no packet" if last is None else f"{float(last - start):.3f} s"
+            raise VideoError(f"{path}: the video ends at {reached}, before second {until}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import json
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image
 import ava_keyframes.frames as frames
 from ava_keyframes.cli import main
 from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
-from ava_keyframes.media import ffmpeg_binary
+from ava_keyframes.media import Video, decoder_info, ffmpeg_binary
 from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
 
 SIZE = (160, 120)
@@ -105,7 +106,7 @@ def test_duplicates_any_order_and_number_types(videos):
     assert type(got[1][0]) is int and type(got[2][0]) is int
 
 
-def test_max_side_downscales_inside_ffmpeg_and_never_upscales(videos):
+def test_max_side_downscales_and_never_upscales(videos):
     path, times = videos[KINDS[0]]
     small = list(extract_keyframes(path, [1, 2], max_side=80))
     assert [image.shape for _, image in small] == [(60, 80, 3), (60, 80, 3)]
@@ -115,16 +116,16 @@ def test_max_side_downscales_inside_ffmpeg_and_never_upscales(videos):
     assert full.shape == (SIZE[1], SIZE[0], 3)
 
 
-def test_one_ffmpeg_process_per_run_of_close_seconds(videos, monkeypatch):
+def test_one_decode_per_run_of_close_seconds(videos, monkeypatch):
     path, times = videos[KINDS[0]]
     started = []
-    popen = subprocess.Popen
+    frames_from = Video.frames_from
 
-    def counting_popen(*args, **kwargs):
-        started.append(args[0])
-        return popen(*args, **kwargs)
+    def counting_frames_from(self, time):
+        started.append(time)
+        return frames_from(self, time)
 
-    monkeypatch.setattr(frames.subprocess, "Popen", counting_popen)
+    monkeypatch.setattr(Video, "frames_from", counting_frames_from)
     monkeypatch.setattr(frames, "SEEK_GAP", 1)
     dense = [x / 10 for x in range(25)]
     assert len(stamps(path, dense)) == len(dense)
@@ -135,37 +136,35 @@ def test_one_ffmpeg_process_per_run_of_close_seconds(videos, monkeypatch):
     assert len(started) == 3
 
 
-def test_only_answering_frames_leave_ffmpeg(videos, monkeypatch):
-    """The select filter drops every other frame inside ffmpeg (a 30 fps run of 3 s would
-    otherwise send 90 frames through the pipe)."""
+def test_only_answering_frames_are_converted(videos, monkeypatch):
+    """Only frames that answer a second are converted to RGB (a 30 fps run of 3 s decodes
+    90 frames)."""
     path, times = videos[KINDS[9]]
     read = []
-    read_image = frames._RunDecoder._read_image
+    to_rgb = frames.to_rgb
 
-    def counting_read_image(self, width, height):
-        read.append((width, height))
-        return read_image(self, width, height)
+    def counting_to_rgb(frame, *args, **kwargs):
+        read.append((frame.width, frame.height))
+        return to_rgb(frame, *args, **kwargs)
 
-    monkeypatch.setattr(frames._RunDecoder, "_read_image", counting_read_image)
+    monkeypatch.setattr(frames, "to_rgb", counting_to_rgb)
     seconds = [0, 0.5, 0.51, 1, 2, 2.5]
     assert len(stamps(path, seconds)) == len(seconds)
     assert len(read) == len({expected_frame(times, s) for s in seconds})
 
 
-def test_closing_the_generator_early_stops_ffmpeg(videos, monkeypatch):
+def test_closing_the_generator_early_closes_the_file(videos, monkeypatch):
     path, _ = videos[KINDS[0]]
-    processes = []
-    popen = subprocess.Popen
-
-    def recording_popen(*args, **kwargs):
-        processes.append(popen(*args, **kwargs))
-        return processes[-1]
-
-    monkeypatch.setattr(frames.subprocess, "Popen", recording_popen)
+    opened, closed = [], []
+    enter, exit_ = Video.__enter__, Video.__exit__
+    monkeypatch.setattr(Video, "__enter__", lambda self: opened.append(self) or enter(self))
+    monkeypatch.setattr(Video, "__exit__", lambda self, *exc: closed.append(self) or
+                        exit_(self, *exc))
     iterator = extract_keyframes(path, [0, 0.1, 0.2, 0.3])
     next(iterator)
+    assert opened and not closed
     iterator.close()
-    assert processes and all(p.poll() is not None for p in processes)
+    assert closed == opened
 
 
 def test_video_that_starts_after_the_container_counts_from_its_first_frame(videos, tmp_path):
@@ -260,6 +259,19 @@ def test_cli_writes_one_image_per_second_as_given(videos, tmp_path, capsys):
                  "--max-side", "64"]) == 0
     assert Image.open(out / "1.jpg").size == (64, 48)
     assert "wrote 1 frame" in capsys.readouterr().out
+
+
+def test_cli_json_lists_the_frames_and_the_decoder(videos, tmp_path, capsys):
+    path, _ = videos[KINDS[0]]
+    out = tmp_path / "out"
+    assert main(["frames", str(path), "--seconds", "2,0.5", "--out", str(out), "--json",
+                 "--max-side", "80"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["frames"] == [
+        {"second": "0.5", "path": str(out / "0.5.png"), "width": 80, "height": 60},
+        {"second": "2", "path": str(out / "2.png"), "width": 80, "height": 60}]
+    assert printed["decoder"] == decoder_info()
+    assert printed["decoder"]["engine"] == "pyav" and "libavcodec" in printed["decoder"]
 
 
 @pytest.mark.parametrize("args, message", [
