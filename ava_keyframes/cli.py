@@ -88,13 +88,14 @@ _LIMIT_FLAGS = {  # flag -> (type, help): the fields of ava_keyframes.remote.Lim
 }
 
 
-def _download_ids(args: argparse.Namespace) -> list[str]:
-    """Validated ids from --ids, or the distinct ids of --csv in file order."""
+def _download_ids(args: argparse.Namespace) -> tuple[list[str], dict[str, list[int]] | None]:
+    """Validated ids from --ids, or the distinct ids of --csv in file order with the keyframe
+    seconds each needs (checked to decode through the last of them)."""
     from ava_keyframes.annotations import AnnotationError, check_video_id, read_annotations
 
     if args.ids is not None:
         try:
-            return [check_video_id(i.strip()) for i in args.ids.split(",") if i.strip()]
+            return [check_video_id(i.strip()) for i in args.ids.split(",") if i.strip()], None
         except ValueError as error:
             raise CliError(f"--ids: {error}") from None
     with user_errors(AnnotationError):
@@ -102,8 +103,11 @@ def _download_ids(args: argparse.Namespace) -> list[str]:
     bad_ids = [str(r) for r in annotations.report if r.field == "video_id"]
     if bad_ids:
         raise CliError("; ".join(bad_ids))
+    seconds: dict[str, list[int]] = {}
+    for video_id, second in annotations.keyframes():
+        seconds.setdefault(video_id, []).append(second)
     ids = list(annotations.table["video_id"].unique())
-    return ids + sorted({v for v, _ in annotations.empty_keyframes} - set(ids))
+    return ids + sorted(set(seconds) - set(ids)), seconds
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -112,7 +116,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     from ava_keyframes.cache import CacheError
     from ava_keyframes.sources import VideoCache
 
-    ids = _download_ids(args)
+    ids, seconds = _download_ids(args)
     if not ids:
         raise CliError("no video ids given")
     if args.jobs < 1:
@@ -123,7 +127,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
                            youtube_template=args.youtube_url_template,
                            manual_dir=args.manual_dir, retry_unavailable=args.retry_unavailable,
                            limits=limits)
-        results = cache.fetch_many(ids, jobs=args.jobs, progress=True)
+        results = cache.fetch_many(ids, jobs=args.jobs, progress=True, seconds=seconds)
     console = sys.stderr if args.json else sys.stdout
     for result in results:
         if args.json:

@@ -29,7 +29,7 @@ import functools
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -173,17 +173,18 @@ class VideoCache:
         and CacheError for a cache that cannot be used; an unavailable video is a result."""
         return self._fetch(check_video_id(video_id), seconds, _Progress(0, enabled=False))
 
-    def fetch_many(self, ids: Iterable[str], jobs: int = 4, progress: bool = True
-                   ) -> list[FetchResult]:
+    def fetch_many(self, ids: Iterable[str], jobs: int = 4, progress: bool = True,
+                   seconds: Mapping[str, Sequence[float]] | None = None) -> list[FetchResult]:
         """Fetch each distinct id (first-seen order) with ``jobs`` threads; all ids are
-        validated before anything is fetched."""
+        validated before anything is fetched. ``seconds``: the seconds needed per id (an id
+        not in it: the whole video)."""
         unique = list(dict.fromkeys(check_video_id(video_id) for video_id in ids))
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
         bars = _Progress(len(unique), enabled=progress)
 
         def one(video_id: str) -> FetchResult:
-            result = self._fetch(video_id, None, bars)
+            result = self._fetch(video_id, (seconds or {}).get(video_id), bars)
             bars.videos.update(1)
             return result
 
@@ -253,7 +254,7 @@ class VideoCache:
                 return _Got(cached, "cache")
             if source == "mirror":
                 return self._from_mirror(video_id, seconds, meter)
-            return self._from_youtube(video_id, meter)
+            return self._from_youtube(video_id, seconds, meter)
 
     # --- mirror ---
 
@@ -265,17 +266,18 @@ class VideoCache:
         for name in names:
             url = self.mirror + urllib.parse.quote(name)
             try:
-                return self._whole(url, name, meter)
+                return self._whole(url, name, meter, seconds)
             except Permanent as error:
                 missing.append(str(error))
         raise Permanent("; ".join(missing))
 
-    def _whole(self, url: str, name: str, meter: Meter) -> _Got:
+    def _whole(self, url: str, name: str, meter: Meter, seconds: Sequence[float] | None
+               ) -> _Got:
         """The whole file at ``url``, verified, into ``videos/<name>``."""
         partial = Partial(self.store.folder(self.store.partial), name)
         try:
             download_whole(self.remote, url, partial, meter)
-            _check_decodes(partial.path)
+            _check_decodes(partial.path, seconds)
         except (Permanent, Refused):
             partial.discard()
             raise
@@ -287,14 +289,15 @@ class VideoCache:
 
     # --- youtube ---
 
-    def _from_youtube(self, video_id: str, meter: Meter) -> _Got:
+    def _from_youtube(self, video_id: str, seconds: Sequence[float] | None, meter: Meter
+                      ) -> _Got:
         work = self.store.folder(self.store.partial / f"{video_id}.ytdl")
         for path in work.iterdir():
             check_regular(path)
         url = self.youtube_template.replace("{id}", video_id)
         try:
             file = youtube.download(self.remote, url, work, meter)
-            _check_decodes(file)
+            _check_decodes(file, seconds)
         except (Permanent, Refused):
             _remove_folder(work)
             raise
@@ -303,10 +306,12 @@ class VideoCache:
         return _Got(final, "whole")
 
 
-def _check_decodes(path: Path) -> None:
-    """Refused unless the whole file demuxes and its first frame decodes."""
+def _check_decodes(path: Path, seconds: Sequence[float] | None) -> None:
+    """Refused unless the first frame decodes and the file demuxes cleanly through the last
+    of ``seconds`` (None: to its end). A file cut short before a needed second fails here
+    even when the server announced that short size."""
     try:
-        check_video(path, until=None)
+        check_video(path, until=max(seconds) if seconds else None)
     except VideoError as error:
         raise Refused(str(error)) from None
 
