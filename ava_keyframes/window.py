@@ -1,0 +1,413 @@
+"""Fetch only a video's *window*: the bytes its keyframe seconds need, as a stream copy.
+
+AVA annotates seconds 902..1798 of each movie, about a sixth of it. Instead of downloading
+the whole file, :func:`fetch_window` opens the video on the mirror through
+:class:`RangeFile` (a seekable read-only file over HTTP Range requests, with read-ahead),
+lets FFmpeg's demuxer (PyAV) find its way with the container's index, and copies the video
+packets (never re-encoded) from the key frame at or before the first second to the frame
+at or after the last second into a file of the same container kind. Every packet keeps its
+timestamp, and the copy is read back to check that they survived exactly, so the window
+decodes to the same pixels at the same times as the whole file; ``origin`` (the time of the
+original's first frame, in the window's timeline) keeps seconds counted from the original
+video's first frame.
+
+The cache stays honest: a window file is written under a temporary name and renamed once
+whole, next to a JSON sidecar naming what it covers, the source (URL, size, ETag) and its
+origin; a sidecar that does not match its file is ignored. A later call that needs seconds
+outside the window fetches only the missing span(s), joined to the window by stream copy
+(the window stays one contiguous span, so no second is ever answered by a wrong frame).
+A server that ignores Range (answers 200) raises :class:`~ava_keyframes.remote.NoRanges`
+before the body is read, so the caller can fall back to one whole download. Only the video
+stream is kept (keyframes need no audio). All HTTP goes through :mod:`ava_keyframes.remote`.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from ava_keyframes.remote import Deadline, Meter, Refused, Remote, RemoteError
+
+MIN_BLOCK = 16 * 1024
+MAX_BLOCK = 8 * 2**20
+"""Read-ahead per request: from ``MIN_BLOCK`` after a jump, growing to a quarter of the
+bytes read in sequence so far (so reading past the window's end costs at most about a
+quarter more), up to ``MAX_BLOCK``."""
+
+_KEPT_BLOCKS = 8
+_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+_SIDECAR_VERSION = 1
+_NO_DTS = ("matroska", "webm")
+
+
+class WindowError(RemoteError):
+    """A window could not be made from a file the server does serve (a container or muxer
+    that does not allow it, a file replaced mid-fetch); ``transient`` says whether another
+    try may succeed. A caller can still fetch the whole file."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class Source:
+    """What identifies the remote file: a window is only extended from the same one."""
+
+    url: str
+    size: int
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window file in the cache.
+
+    ``start`` and ``end`` are the times (seconds from the original's first frame) of the
+    window's first frame (a key frame) and of its last needed frame; ``end`` is None when the
+    window runs to the end of the video. Every second ``t`` with ``start <= t <= end`` is
+    answered by the same frame as in the whole file. ``origin`` is the time, in the window
+    file's timeline, of the original video's first frame (pass it to ``extract_keyframes``).
+    ``bytes_fetched`` and ``requests`` count this call's HTTP traffic (0 from the cache).
+    """
+
+    path: Path
+    origin: Fraction
+    start: Fraction
+    end: Fraction | None
+    source: Source
+    bytes_fetched: int = 0
+    requests: int = 0
+
+    def covers(self, seconds: Iterable[Fraction]) -> bool:
+        return all(self.start <= s and (self.end is None or s <= self.end) for s in seconds)
+
+
+def sidecar_path(path: Path) -> Path:
+    """The JSON file that describes the window file ``path``."""
+    return path.with_name(path.name + ".json")
+
+
+class RangeFile(io.RawIOBase):
+    """A remote file as a seekable, read-only binary file, read with HTTP Range requests
+    through ``remote`` (its limits, retries and deadline; bytes counted in ``meter``).
+
+    Reads are served from the last few blocks fetched; a read elsewhere fetches a block
+    starting there (see ``MIN_BLOCK``). ``requests`` and ``bytes_fetched`` count the ranges
+    read; more than ``remote.limits.max_bytes`` is Refused. Each answer must name the size and
+    ETag of the first, so a file replaced on the server mid-fetch is noticed. A server that
+    ignores Range raises :class:`~ava_keyframes.remote.NoRanges` on the first read.
+    """
+
+    def __init__(self, url: str, remote: Remote, meter: Meter | None = None) -> None:
+        super().__init__()
+        self.url, self.remote = url, remote
+        self.meter = Meter() if meter is None else meter
+        self.deadline = Deadline(remote.limits)
+        self.requests = self.bytes_fetched = 0
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self._pos = self._run = self._last_end = 0
+        self.source: Source | None = None
+        self._fetch(0)  # learns the size and identity (and whether ranges work at all)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.source.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        if self._pos >= self.source.size or size == 0:
+            return b""
+        found = next(((start, data) for start, data in self._blocks.items()
+                      if start <= self._pos < start + len(data)), None)
+        start, data = found or (self._pos, self._fetch(self._pos))
+        self._blocks.move_to_end(start)
+        offset = self._pos - start
+        chunk = data[offset:] if size < 0 else data[offset:offset + size]
+        self._run = self._run + len(chunk) if self._pos == self._last_end else len(chunk)
+        self._pos += len(chunk)
+        self._last_end = self._pos
+        return chunk
+
+    def _fetch(self, start: int) -> bytes:
+        length = min(MAX_BLOCK, max(MIN_BLOCK, self._run // 4))
+        if self.source is not None:
+            length = min(length, self.source.size - start)
+        got = self.remote.read_range(self.url, start, start + length, self.meter, self.deadline)
+        self.requests += 1
+        if got.total is None:
+            raise Refused(f"{self.url}: the server does not say the file's size")
+        source = Source(self.url, got.total, got.etag)
+        if self.source is None:
+            self.deadline.expect(got.total)
+        elif source != self.source:
+            raise WindowError(f"{self.url}: the file changed on the server during the fetch",
+                              transient=True)
+        self.source = source
+        self.bytes_fetched += len(got.data)
+        if self.bytes_fetched > self.remote.limits.max_bytes:
+            raise Refused(f"{self.url}: over the limit of {self.remote.limits.max_bytes} bytes")
+        self._blocks[start] = got.data
+        while len(self._blocks) > _KEPT_BLOCKS:
+            self._blocks.popitem(last=False)
+        return got.data
+
+
+def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str | os.PathLike,
+                 *, remote: Remote, partial_dir: str | os.PathLike,
+                 meter: Meter | None = None) -> Window:
+    """Make ``path`` a window of the video at ``url`` that answers every second in ``seconds``
+    (counted from the video's first frame), fetching only what the window at ``path`` (if
+    any) lacks; temporary files go to ``partial_dir``. The file keeps the container kind of
+    ``path``'s suffix (.mp4, .mkv, .webm). HTTP goes through ``remote`` (bytes counted in
+    ``meter``). Raises ValueError for no or negative seconds, NoRanges if the server ignores
+    Range, the other RemoteErrors of ``remote``, and WindowError if no window can be made of
+    this file; the window at ``path`` is then left as it was.
+    """
+    path = Path(path)
+    wanted = sorted({Fraction(s) for s in seconds})
+    if not wanted or wanted[0] < 0:
+        raise ValueError(f"a window needs one or more seconds >= 0, got {wanted[:3]}")
+    existing = read_window(path)
+    if existing is not None and existing.source.url == url and existing.covers(wanted):
+        return existing
+    with RangeFile(url, remote, meter) as reader:
+        try:
+            window = _fetch_into(reader, wanted[0], wanted[-1], path, existing,
+                                 Path(partial_dir))
+        except av.FFmpegError as error:
+            raise WindowError(f"{url}: no window can be cut from it ({error})") from None
+    return replace(window, bytes_fetched=reader.bytes_fetched, requests=reader.requests)
+
+
+def read_window(path: str | os.PathLike) -> Window | None:
+    """The window at ``path`` as its sidecar describes it; None if either file is missing,
+    the sidecar is unreadable or it does not describe this very file."""
+    path = Path(path)
+    try:
+        meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        stat = path.stat()
+        if (meta["version"], meta["file_size"], meta["file_mtime_ns"]) != (
+                _SIDECAR_VERSION, stat.st_size, stat.st_mtime_ns):
+            return None
+        source = Source(meta["url"], meta["size"], meta["etag"])
+        end = None if meta["end"] is None else Fraction(meta["end"])
+        return Window(path, Fraction(meta["origin"]), Fraction(meta["start"]), end, source)
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A window file being assembled; ``first`` and ``end`` are times in its own timeline
+    (the original's) of its first packet (a key frame) and its last needed frame."""
+
+    path: Path
+    first: Fraction
+    end: Fraction | None
+
+
+def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path,
+                existing: Window | None, partial_dir: Path) -> Window:
+    muxer = _MUXERS.get(path.suffix.lower())
+    if muxer is None:
+        raise ValueError(f"{path}: unsupported container {path.suffix!r} for a window")
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    temps: list[Path] = []
+
+    def temp() -> Path:
+        fd, name = tempfile.mkstemp(dir=partial_dir, prefix=f".{path.stem}.", suffix=path.suffix)
+        os.close(fd)
+        temps.append(Path(name))
+        return temps[-1]
+
+    try:
+        with av.open(reader, "r") as container:
+            stream = _video_stream(container, reader.url)
+            origin = _first_frame_time(container, stream, reader.url)
+            if existing is not None and (existing.source != reader.source
+                                         or existing.origin != origin):
+                existing = None  # a different file now: start over
+            old = None if existing is None else _Piece(
+                existing.path, existing.start + origin,
+                None if existing.end is None else existing.end + origin)
+            pieces = [_copy_span(container, stream, origin + a, origin + b, temp(), muxer)
+                      for a, b in _missing_spans(existing, lo, hi)]
+        pieces = sorted(pieces + ([old] if old else []), key=lambda piece: piece.first)
+        whole = pieces[0] if len(pieces) == 1 else _join(pieces, temp(), muxer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(whole.path, path)
+        window = Window(path, origin, whole.first - origin,
+                        None if whole.end is None else whole.end - origin, reader.source)
+        _write_sidecar(window, muxer, partial_dir)
+        return window
+    finally:
+        for name in temps:
+            name.unlink(missing_ok=True)
+
+
+def _missing_spans(existing: Window | None, lo: Fraction, hi: Fraction
+                   ) -> list[tuple[Fraction, Fraction]]:
+    """Spans (seconds from the first frame) to fetch so that one contiguous window covers
+    ``existing`` and ``lo..hi``: each new span overlaps the window at its edge frame."""
+    if existing is None:
+        return [(lo, hi)]
+    spans = []
+    if lo < existing.start:
+        spans.append((lo, existing.start))
+    if existing.end is not None and hi > existing.end:
+        spans.append((existing.end, hi))
+    return spans
+
+
+def _video_stream(container: av.container.InputContainer, url: str) -> av.VideoStream:
+    if not container.streams.video:
+        raise WindowError(f"{url}: no video stream")
+    return container.streams.video[0]
+
+
+def _time(packet_or_frame_pts: int, stream: av.VideoStream) -> Fraction:
+    return packet_or_frame_pts * Fraction(stream.time_base)
+
+
+def _first_frame_time(container: av.container.InputContainer, stream: av.VideoStream,
+                      url: str) -> Fraction:
+    """Presentation time of the first frame the decoder outputs (read from the file start)."""
+    container.seek(0, stream=stream, backward=True)
+    for packet in container.demux(stream):
+        for frame in packet.decode():
+            if frame.pts is None:
+                raise WindowError(f"{url}: the first video frame has no timestamp")
+            return _time(frame.pts, stream)
+    raise WindowError(f"{url}: no decodable video frame")
+
+
+class _Span:
+    """The packets of ``stream`` from the key frame at or before time ``t0`` to the frame at
+    or after ``t1`` (with every frame shown before it), in decode order.
+
+    Copying stops at the first key frame after that frame has been seen (no frame shown
+    before it can follow it in decode order), or at the end of the file (``end`` None).
+    """
+
+    def __init__(self, container: av.container.InputContainer, stream: av.VideoStream,
+                 t0: Fraction, t1: Fraction) -> None:
+        self.container, self.stream, self.t0, self.t1 = container, stream, t0, t1
+        self.first: Fraction | None = None
+        self.end: Fraction | None = None
+
+    def packets(self) -> Iterator[av.Packet]:
+        packets = self._from_key_frame()
+        for packet in packets:
+            time = _time(packet.pts, self.stream)
+            if self.end is not None and packet.is_keyframe and time > self.end:
+                return
+            if self.first is None:
+                self.first = time
+            if time >= self.t1 and (self.end is None or time < self.end):
+                self.end = time
+            yield packet
+        self.end = None  # ran to the end of the file
+
+    def _from_key_frame(self) -> Iterator[av.Packet]:
+        """Packets from the last key frame at or before ``t0``: seek there (earlier and
+        earlier if the index lands after it)."""
+        back = Fraction(0)
+        while True:
+            target = max(Fraction(0), self.t0 - back)
+            self.container.seek(int(target / Fraction(self.stream.time_base)),
+                                stream=self.stream, backward=True)
+            packets = (p for p in self.container.demux(self.stream)
+                       if p.size and p.pts is not None)
+            head = next((p for p in packets if p.is_keyframe), None)
+            if head is not None and (_time(head.pts, self.stream) <= self.t0 or target == 0):
+                return itertools.chain([head], packets)
+            if target == 0:
+                raise WindowError(f"no key frame at or before {float(self.t0)} s")
+            back = max(2 * back, Fraction(1))
+
+
+def _copy_span(container: av.container.InputContainer, stream: av.VideoStream, t0: Fraction,
+               t1: Fraction, out: Path, muxer: str) -> _Piece:
+    span = _Span(container, stream, t0, t1)
+    _write(span.packets(), stream, out, muxer)
+    return _Piece(out, span.first, span.end)
+
+
+def _join(pieces: list[_Piece], out: Path, muxer: str) -> _Piece:
+    """One window from overlapping pieces (sorted by start): each piece's packets up to the
+    key frame where the next begins, then the next's."""
+
+    def packets() -> Iterator[av.Packet]:
+        for piece, following in zip(pieces, [*pieces[1:], None], strict=True):
+            with av.open(str(piece.path)) as container:
+                stream = container.streams.video[0]
+                for packet in container.demux(stream):
+                    if not packet.size or packet.pts is None:
+                        continue
+                    if (following is not None and packet.is_keyframe
+                            and _time(packet.pts, stream) == following.first):
+                        break
+                    yield packet
+                else:
+                    if following is not None:
+                        raise WindowError(f"{piece.path}: window pieces do not overlap")
+
+    with av.open(str(pieces[0].path)) as template:
+        _write(packets(), template.streams.video[0], out, muxer)
+    ends = [piece.end for piece in pieces]
+    return _Piece(out, pieces[0].first, None if None in ends else max(ends))
+
+
+def _write(packets: Iterable[av.Packet], template: av.VideoStream, out: Path, muxer: str) -> None:
+    """Stream-copy ``packets`` into ``out``, then check that the file holds them at exactly
+    their times (a muxer that rounded a timestamp would move a frame across a second)."""
+    written = []
+    with av.open(str(out), "w", format=muxer) as output:
+        stream = output.add_stream_from_template(template)
+        for packet in packets:
+            written.append((_time(packet.pts, template), packet.is_keyframe, packet.size))
+            if muxer in _NO_DTS:
+                packet.dts = None  # the muxer derives them, as the demuxer did (not stored)
+            packet.stream = stream
+            output.mux(packet)
+    with av.open(str(out)) as check:
+        video = check.streams.video[0]
+        read = [(_time(p.pts, video), p.is_keyframe, p.size) for p in check.demux(video)
+                if p.size and p.pts is not None]
+    if read != written:
+        raise WindowError(f"{out}: the {muxer} muxer did not keep the packets' timestamps")
+
+
+def _write_sidecar(window: Window, muxer: str, partial_dir: Path) -> None:
+    stat = window.path.stat()
+    meta = {"version": _SIDECAR_VERSION, "url": window.source.url, "size": window.source.size,
+            "etag": window.source.etag,
+            "format": muxer, "origin": str(window.origin), "start": str(window.start),
+            "end": None if window.end is None else str(window.end),
+            "covers_seconds": [float(window.start),
+                               None if window.end is None else float(window.end)],
+            "file_size": stat.st_size, "file_mtime_ns": stat.st_mtime_ns}
+    fd, name = tempfile.mkstemp(dir=partial_dir, prefix=".sidecar.", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=1)
+    os.replace(name, sidecar_path(window.path))

@@ -1,0 +1,253 @@
+"""Window fetch (issue 12) against a loopback Range-capable server: only the bytes the
+keyframes need travel, and the window gives the whole file's frames."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import subprocess
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from ava_keyframes.frames import extract_keyframes
+from ava_keyframes.media import ffmpeg_binary
+from ava_keyframes.remote import Limits, NoRanges, Remote, RemoteError
+from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
+from ava_keyframes.window import WindowError, fetch_window, read_window, sidecar_path
+
+DURATION = 120  # seconds: long enough that a 30 s window is a clear fraction
+SECONDS = list(range(40, 71))
+KINDS = ("mp4", "mp4-faststart", "mkv", "webm")
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    """120 s at 160x120 and 29.97 fps (timestamps Matroska cannot hold exactly), key frames
+    every 2 s; mp4 with the index at the end (ffmpeg's default) and at the start."""
+    folder = tmp_path_factory.mktemp("mirror")
+    paths = {}
+    for kind in ("mp4", "mkv", "webm"):
+        paths[kind] = folder / f"clip.{kind}"
+        write_stamped_video(paths[kind], duration=DURATION, fps=29.97, size=(160, 120),
+                            container=kind, start_time=0.5 if kind == "mkv" else 0.0)
+    paths["mp4-faststart"] = folder / "faststart.mp4"
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(paths["mp4"]),  # noqa: S603
+                    "-c", "copy", "-movflags", "+faststart", str(paths["mp4-faststart"])],
+                   check=True)
+    return paths
+
+
+class RangeServer:
+    """Serves files by name on 127.0.0.1, honouring single byte ranges (206), with an ETag;
+    counts requests and body bytes sent. ``ranges=False`` answers every request with the
+    whole file (200); ``drop`` cuts that many next answers short; ``etag`` can be changed."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = {f"/{path.name}": path.read_bytes() for path in files.values()}
+        self.requests: list[tuple[str, str | None]] = []
+        self.bytes_sent = 0
+        self.ranges = True
+        self.drop = 0
+        self.etag = '"v1"'
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                outer.requests.append((self.path, self.headers.get("Range")))
+                data = outer.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+                if match and outer.ranges:
+                    start = int(match[1])
+                    end = min(int(match[2]) if match[2] else len(data) - 1, len(data) - 1)
+                    body = data[start:end + 1]
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                else:
+                    body = data
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", outer.etag)
+                self.end_headers()
+                if outer.drop:
+                    outer.drop -= 1
+                    body = body[: len(body) // 2]
+                try:
+                    self.wfile.write(body)
+                except OSError:
+                    return  # the client hung up (after a 200 it wanted no body)
+                outer.bytes_sent += len(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.bytes_sent = 0
+
+
+@pytest.fixture
+def server(videos):
+    server = RangeServer(videos)
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def remote() -> Remote:
+    return Remote(Limits(attempts=2, backoff=0, read_timeout=10), sleep=lambda _: None)
+
+
+def fetch(server: RangeServer, video: Path, seconds, cache: Path):
+    return fetch_window(server.url + video.name, seconds, cache / "windows" / video.name,
+                        remote=remote(), partial_dir=cache / "partial")
+
+
+def keyframes(path: Path, seconds, origin=None) -> dict:
+    return dict(extract_keyframes(path, seconds, origin=origin))
+
+
+def layout(path: Path) -> tuple[int, Fraction, int]:
+    """(file size, duration of the video stream, bytes that are not video packets: the
+    container's index and headers)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = [p for p in container.demux(stream) if p.size]
+        times = [p.pts * stream.time_base for p in packets]
+    size = path.stat().st_size
+    return size, max(times) - min(times), size - sum(p.size for p in packets)
+
+
+def allowed_bytes(path: Path, span: float) -> float:
+    """1.5 x the share of the file that ``span`` seconds are, plus its container index."""
+    size, duration, index = layout(path)
+    return 1.5 * size * span / float(duration) + index
+
+
+def assert_same_frames(window: dict, whole: dict) -> None:
+    assert window.keys() == whole.keys()
+    for second in whole:
+        assert np.array_equal(window[second], whole[second]), second
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_window_gives_the_whole_files_keyframes_from_a_fraction_of_its_bytes(
+        tmp_path, server, videos, kind):
+    video = videos[kind]
+    window = fetch(server, video, SECONDS, tmp_path)
+    assert window.path.suffix == video.suffix  # the same container kind, a stream copy
+    assert window.bytes_fetched == server.bytes_sent
+    assert window.requests == len(server.requests)
+    assert server.bytes_sent <= allowed_bytes(video, SECONDS[-1] - SECONDS[0])
+    assert window.path.stat().st_size < video.stat().st_size / 2
+    whole = keyframes(video, SECONDS)
+    assert_same_frames(keyframes(window.path, SECONDS, window.origin), whole)
+    # the stamps say which frame each is: exactly the frames of the whole file
+    assert [read_frame_stamp(whole[s]) for s in SECONDS] == [
+        read_frame_stamp(frame) for frame in keyframes(window.path, SECONDS,
+                                                       window.origin).values()]
+
+
+def test_the_window_keeps_every_packet_time_and_byte_of_its_span(tmp_path, server, videos):
+    video = videos["mkv"]  # starts at 0.5 s: times count from the first frame, not 0
+    window = fetch(server, video, SECONDS, tmp_path)
+    with av.open(str(video)) as whole, av.open(str(window.path)) as part:
+        original = {p.pts: bytes(p) for p in whole.demux(whole.streams.video[0]) if p.size}
+        copied = {p.pts: bytes(p) for p in part.demux(part.streams.video[0]) if p.size}
+    assert copied and all(original[pts] == data for pts, data in copied.items())
+    assert window.origin == Fraction(1, 2)
+    meta = json.loads(sidecar_path(window.path).read_text())
+    assert (meta["url"], meta["size"], meta["etag"]) == (server.url + video.name,
+                                                         video.stat().st_size, '"v1"')
+    assert Fraction(meta["start"]) <= SECONDS[0] and Fraction(meta["end"]) >= SECONDS[-1]
+
+
+@pytest.mark.parametrize("kind", ["mp4", "mkv"])
+def test_a_second_fetch_makes_no_request_and_more_seconds_fetch_only_the_difference(
+        tmp_path, server, videos, kind):
+    video = videos[kind]
+    first = fetch(server, video, SECONDS, tmp_path)
+    server.reset()
+    again = fetch(server, video, SECONDS[5:10], tmp_path)
+    assert server.requests == [] and again.bytes_fetched == 0 and again.path == first.path
+    wider = list(range(30, 91))
+    grown = fetch(server, video, wider, tmp_path)
+    missing = (SECONDS[0] - wider[0]) + (wider[-1] - SECONDS[-1])  # 30 of 60 s are new
+    assert 0 < server.bytes_sent <= allowed_bytes(video, missing)
+    assert grown.start <= 30 and grown.end >= 90
+    assert_same_frames(keyframes(grown.path, wider, grown.origin), keyframes(video, wider))
+
+
+def test_a_server_without_range_support_is_noticed_before_the_body(tmp_path, server, videos):
+    video = videos["mp4"]
+    server.ranges = False
+    with pytest.raises(NoRanges):
+        fetch(server, video, SECONDS, tmp_path)
+    assert len(server.requests) == 1
+    assert not (tmp_path / "windows").exists() and not (tmp_path / "partial").exists()
+
+
+def test_an_interrupted_range_is_read_again_and_nothing_half_made_is_kept(
+        tmp_path, server, videos):
+    video = videos["webm"]
+    first = fetch(server, video, SECONDS, tmp_path)
+    before = first.path.read_bytes()
+    server.drop = 1  # one answer cut short: read again, within the attempts
+    grown = fetch(server, video, range(30, 80), tmp_path)
+    assert grown.start <= 30 and grown.end >= 79
+    server.drop = 10**6  # every answer cut short: the fetch fails, the old window stays
+    with pytest.raises(RemoteError):
+        fetch(server, video, range(0, 119), tmp_path)
+    assert read_window(grown.path) == grown.__class__(grown.path, grown.origin, grown.start,
+                                                      grown.end, grown.source)
+    assert grown.path.read_bytes() != before
+    assert list((tmp_path / "partial").iterdir()) == []
+
+
+def test_a_changed_file_on_the_server_starts_a_new_window(tmp_path, server, videos):
+    video = videos["mp4"]
+    fetch(server, video, SECONDS, tmp_path)
+    server.etag = '"v2"'
+    server.reset()
+    window = fetch(server, video, range(60, 100), tmp_path)
+    assert window.start > 50  # not joined to the old one: fetched afresh
+    assert window.source.etag == '"v2"'
+
+
+def test_a_sidecar_that_does_not_match_its_file_is_ignored(tmp_path, server, videos):
+    video = videos["mkv"]
+    window = fetch(server, video, SECONDS, tmp_path)
+    with open(window.path, "ab") as handle:
+        handle.write(b"\0")
+    assert read_window(window.path) is None
+    server.reset()
+    again = fetch(server, video, SECONDS, tmp_path)
+    assert server.requests and read_window(again.path) is not None
+
+
+def test_seconds_past_the_end_give_a_window_to_the_end(tmp_path, server, videos):
+    video = videos["mp4"]
+    window = fetch(server, video, [110, 150], tmp_path)
+    assert window.end is None
+    got = dict(extract_keyframes(window.path, [110], origin=window.origin))
+    assert np.array_equal(got[110], keyframes(video, [110])[110])
+
+
+def test_a_file_that_is_not_a_video_is_a_window_error(tmp_path, server, videos):
+    server.files["/junk.mp4"] = b"\0" * 100_000
+    with pytest.raises(WindowError):
+        fetch_window(server.url + "junk.mp4", [1], tmp_path / "windows" / "junk.mp4",
+                     remote=remote(), partial_dir=tmp_path / "partial")
+    assert not (tmp_path / "windows").exists()
