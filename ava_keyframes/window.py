@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from stat import S_ISREG
 
 import av
 
@@ -177,7 +178,8 @@ def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str 
                  meter: Meter | None = None) -> Window:
     """Make ``path`` a window of the video at ``url`` that answers every second in ``seconds``
     (counted from the video's first frame), fetching only what the window at ``path`` (if
-    any) lacks; temporary files go to ``partial_dir``. The file keeps the container kind of
+    any) lacks. Temporary files go to ``partial_dir``; both it and ``path``'s folder must
+    exist (the cache creates and checks its folders). The file keeps the container kind of
     ``path``'s suffix (.mp4, .mkv, .webm). HTTP goes through ``remote`` (bytes counted in
     ``meter``). Raises ValueError for no or negative seconds, NoRanges if the server ignores
     Range, the other RemoteErrors of ``remote``, and WindowError if no window can be made of
@@ -200,12 +202,15 @@ def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str 
 
 
 def read_window(path: str | os.PathLike) -> Window | None:
-    """The window at ``path`` as its sidecar describes it; None if either file is missing,
-    the sidecar is unreadable or it does not describe this very file."""
+    """The window at ``path`` as its sidecar describes it; None if either is missing or not a
+    regular file (a link is never followed), the sidecar is unreadable or it does not
+    describe this very file."""
     path = Path(path)
     try:
+        stat, side = os.lstat(path), os.lstat(sidecar_path(path))
+        if not (S_ISREG(stat.st_mode) and S_ISREG(side.st_mode)):
+            return None
         meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-        stat = path.stat()
         if (meta["version"], meta["file_size"], meta["file_mtime_ns"]) != (
                 _SIDECAR_VERSION, stat.st_size, stat.st_mtime_ns):
             return None
@@ -231,7 +236,6 @@ def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path,
     muxer = _MUXERS.get(path.suffix.lower())
     if muxer is None:
         raise ValueError(f"{path}: unsupported container {path.suffix!r} for a window")
-    partial_dir.mkdir(parents=True, exist_ok=True)
     temps: list[Path] = []
 
     def temp() -> Path:
@@ -254,7 +258,6 @@ def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path,
                       for a, b in _missing_spans(existing, lo, hi)]
         pieces = sorted(pieces + ([old] if old else []), key=lambda piece: piece.first)
         whole = pieces[0] if len(pieces) == 1 else _join(pieces, temp(), muxer)
-        path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(whole.path, path)
         window = Window(path, origin, whole.first - origin,
                         None if whole.end is None else whole.end - origin, reader.source)

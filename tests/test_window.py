@@ -111,6 +111,8 @@ def remote() -> Remote:
 
 
 def fetch(server: RangeServer, video: Path, seconds, cache: Path):
+    for folder in ("windows", "partial"):
+        (cache / folder).mkdir(exist_ok=True)
     return fetch_window(server.url + video.name, seconds, cache / "windows" / video.name,
                         remote=remote(), partial_dir=cache / "partial")
 
@@ -196,7 +198,7 @@ def test_a_server_without_range_support_is_noticed_before_the_body(tmp_path, ser
     with pytest.raises(NoRanges):
         fetch(server, video, SECONDS, tmp_path)
     assert len(server.requests) == 1
-    assert not (tmp_path / "windows").exists() and not (tmp_path / "partial").exists()
+    assert list((tmp_path / "windows").iterdir()) == list((tmp_path / "partial").iterdir()) == []
 
 
 def test_an_interrupted_range_is_read_again_and_nothing_half_made_is_kept(
@@ -248,6 +250,18 @@ def test_seconds_past_the_end_give_a_window_to_the_end(tmp_path, server, videos)
 def test_a_file_that_is_not_a_video_is_a_window_error(tmp_path, server, videos):
     server.files["/junk.mp4"] = b"\0" * 100_000
     with pytest.raises(WindowError):
-        fetch_window(server.url + "junk.mp4", [1], tmp_path / "windows" / "junk.mp4",
-                     remote=remote(), partial_dir=tmp_path / "partial")
-    assert not (tmp_path / "windows").exists()
+        fetch(server, Path("junk.mp4"), [1], tmp_path)
+    assert list((tmp_path / "windows").iterdir()) == list((tmp_path / "partial").iterdir()) == []
+
+
+def test_a_link_planted_in_the_cache_is_never_followed(tmp_path, server, videos):
+    video = videos["mp4"]
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    (tmp_path / "windows").mkdir()
+    sidecar_path(tmp_path / "windows" / video.name).symlink_to(outside)
+    (tmp_path / "windows" / video.name).symlink_to(video)
+    assert read_window(tmp_path / "windows" / video.name) is None
+    window = fetch(server, video, SECONDS, tmp_path)
+    assert not window.path.is_symlink() and not sidecar_path(window.path).is_symlink()
+    assert outside.read_text() == "{}" and video.stat().st_size == layout(video)[0]
