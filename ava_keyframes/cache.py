@@ -96,7 +96,8 @@ class CacheDir:
     def folder(self, path: Path) -> Path:
         """Create ``path`` (one of the cache's folders) and check that it is a real folder."""
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # judged by lstat below
+                path.mkdir(parents=True, exist_ok=True)
             mode = os.lstat(path).st_mode
         except OSError as error:
             raise _cache_error(path, error) from None

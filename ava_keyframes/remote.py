@@ -274,12 +274,13 @@ class Remote:
             meter.add(len(chunk))
             yield chunk
 
-    def retrying(self, attempt: Callable[[], T], deadline: Deadline, what: str) -> T:
-        """Run ``attempt`` until it returns; a Transient failure is retried after a backoff
-        (or the server's Retry-After), ``limits.attempts`` failures in all."""
+    def retrying(self, attempt: Callable[[], T], deadline: Deadline, url: str) -> T:
+        """Run ``attempt`` (a request for ``url``) until it returns; a Transient failure is
+        retried after a backoff (or the server's Retry-After), ``limits.attempts`` failures
+        in all, unless the host is found down meanwhile."""
         failures = 0
         while True:
-            deadline.check(what)
+            deadline.check(url)
             try:
                 return attempt()
             except Transient as error:
@@ -287,6 +288,7 @@ class Remote:
                 if failures >= self.limits.attempts:
                     raise GaveUp(f"{error} (gave up after {failures} failed attempts; "
                                  "--attempts)") from None
+                self.hosts.check(url)
                 self._sleep(self._wait(error, failures, deadline))
 
     def read_range(self, url: str, start: int, end: int, meter: Meter,
@@ -351,6 +353,8 @@ def _http_error(url: str, status: int, reason: str, headers: Mapping[str, str]) 
     message = f"{url}: HTTP {status} {reason}".strip()
     if status == 416:
         return Unsatisfiable(message)
+    if 300 <= status < 400:  # a redirect urllib would not follow (file://, too many)
+        return Refused(f"{message}: redirect refused")
     if status in (408, 429) or status >= 500:
         return Transient(message, parse_retry_after(headers.get("Retry-After")))
     return Permanent(message)

@@ -100,13 +100,15 @@ class _Got(NamedTuple):
 
 
 class _Progress:
-    """Two tqdm bars on stderr, bytes and videos; disabled bars cost nothing."""
+    """Two tqdm bars on stderr, bytes and videos, when it is a terminal; disabled bars cost
+    nothing."""
 
     def __init__(self, videos: int, enabled: bool):
+        disable = None if enabled else True  # None: tqdm shows them only on a terminal
         self.videos = tqdm(total=videos, desc="videos", unit="video", position=0,
-                           disable=not enabled, dynamic_ncols=True)
+                           disable=disable, dynamic_ncols=True)
         self.bytes = tqdm(desc="bytes", unit="B", unit_scale=True, unit_divisor=1024, position=1,
-                          disable=not enabled, dynamic_ncols=True)
+                          disable=disable, dynamic_ncols=True)
 
     def close(self) -> None:
         self.bytes.close()

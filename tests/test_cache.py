@@ -1,0 +1,444 @@
+"""The video cache under faults: hostile loopback servers, planted links, shared caches."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ava_keyframes import cli
+from ava_keyframes.cache import CacheError
+from ava_keyframes.media import ffmpeg_binary
+from ava_keyframes.remote import Hosts, Limits
+from ava_keyframes.sources import VideoCache
+
+GOOD = "abcdefghijk"  # not in the official mirror list: tried as .mkv, .mp4, .webm
+OTHER = "bcdefghijkl"
+MKV = f"/m/{GOOD}.mkv"
+
+
+@pytest.fixture(scope="session")
+def video(tmp_path_factory) -> bytes:
+    """A 6 s, 10 fps mkv: a prefix of it still decodes its first frame."""
+    path = tmp_path_factory.mktemp("video") / "six.mkv"
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-f", "lavfi", "-i",  # noqa: S603
+                    "testsrc2=size=160x120:rate=10", "-t", "6", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", "-g", "10", str(path)], check=True)
+    return path.read_bytes()
+
+
+class Hostile:
+    """A loopback HTTP/1.0 server (one answer per connection): ``respond(handler, number)``
+    writes the answer to the ``number``-th request; (path, Range) of each request is kept."""
+
+    def __init__(self, respond) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                outer.requests.append((self.path, self.headers.get("Range")))
+                try:
+                    respond(self, len(outer.requests))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.handle_error = lambda *args: None
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(respond) -> Hostile:
+        servers.append(Hostile(respond))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def answer(handler, status: int, headers: dict, body: bytes = b"") -> None:
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name, str(value))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def file_server(data: bytes, path: str = MKV, etag: str | None = None):
+    """``respond`` for a well-behaved server of ``data`` at ``path`` (Range honoured)."""
+
+    def respond(handler, number: int) -> None:
+        if handler.path != path:
+            return answer(handler, 404, {"Content-Length": 0})
+        extra = {"ETag": etag} if etag else {}
+        start = int((handler.headers.get("Range") or "bytes=0-")[6:].rstrip("-"))
+        if start >= len(data):
+            return answer(handler, 416, {"Content-Range": f"bytes */{len(data)}"})
+        if handler.headers.get("Range"):
+            extra["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        answer(handler, 206 if start else 200,
+               {"Content-Length": len(data) - start, **extra}, data[start:])
+
+    return respond
+
+
+def cache_on(server: Hostile, root: Path, waits: list | None = None, **limits) -> VideoCache:
+    limits = Limits(**{"read_timeout": 5, "attempts": 4, "backoff": 0.01, **limits})
+    return VideoCache(root, sources="mirror", mirror=server.url + "/m/", limits=limits,
+                      sleep=(waits if waits is not None else []).append, hosts=Hosts())
+
+
+def leftovers(root: Path) -> list[str]:
+    partial = root / "partial"
+    return sorted(p.name for p in partial.iterdir()) if partial.exists() else []
+
+
+def test_short_body_without_content_length_is_never_cached(tmp_path, serve, video):
+    def respond(handler, number):
+        if handler.path != MKV:
+            return answer(handler, 404, {"Content-Length": 0})
+        answer(handler, 200, {"Content-Type": "video/x-matroska"}, video[: len(video) * 9 // 10])
+
+    result = cache_on(serve(respond), tmp_path).fetch(GOOD)
+    assert result.status == "unavailable" and "size unknown" in result.reason
+    assert not (tmp_path / "videos").exists() and leftovers(tmp_path) == []
+
+
+def test_content_length_smaller_than_the_file_is_caught_by_the_needed_seconds(
+        tmp_path, serve, video):
+    def respond(handler, number):
+        if handler.path != MKV:
+            return answer(handler, 404, {"Content-Length": 0})
+        answer(handler, 200, {"Content-Length": len(video) // 2}, video)
+
+    result = cache_on(serve(respond), tmp_path).fetch(GOOD, seconds=[1, 5])
+    assert result.status == "unavailable" and "before second 5" in result.reason
+    assert not (tmp_path / "videos").exists() and leftovers(tmp_path) == []
+
+
+def dropping_first(video: bytes):
+    """``respond`` that cuts the first answer at half the file, then serves it properly."""
+    serve_file = file_server(video)
+
+    def respond(handler, number):
+        if number == 1:
+            return answer(handler, 200, {"Content-Length": len(video)}, video[: len(video) // 2])
+        serve_file(handler, number)
+
+    return respond
+
+
+def test_a_damaged_partial_is_downloaded_again_not_appended_to(tmp_path, serve, video):
+    server = serve(dropping_first(video))
+    lost = cache_on(server, tmp_path, attempts=1).fetch(GOOD)
+    partial = tmp_path / "partial" / f"{GOOD}.mkv"
+    assert lost.transient and partial.stat().st_size == len(video) // 2
+    damaged = bytearray(partial.read_bytes())
+    damaged[100:110] = b"\0" * 10
+    partial.write_bytes(bytes(damaged))
+
+    result = cache_on(server, tmp_path).fetch(GOOD)
+    assert result.path.read_bytes() == video
+    assert server.requests == [(MKV, None), (MKV, None)]  # started over, no Range
+    assert leftovers(tmp_path) == []
+
+
+def test_an_intact_partial_resumes_even_with_a_tail_written_after_its_record(
+        tmp_path, serve, video):
+    server = serve(dropping_first(video))
+    cache_on(server, tmp_path, attempts=1).fetch(GOOD)
+    with open(tmp_path / "partial" / f"{GOOD}.mkv", "ab") as out:
+        out.write(b"junk after the last record")
+    result = cache_on(server, tmp_path).fetch(GOOD)
+    half = len(video) // 2
+    assert result.path.read_bytes() == video
+    assert server.requests == [(MKV, None), (MKV, f"bytes={half}-")]
+    assert result.bytes_fetched == len(video) - half and result.fetch_mode == "whole"
+
+
+def test_content_length_longer_than_the_body_ends_after_a_bounded_number_of_requests(
+        tmp_path, serve, video):
+    def lying(handler, number):
+        if handler.path != MKV:
+            return answer(handler, 404, {"Content-Length": 0})
+        if handler.headers.get("Range"):
+            return answer(handler, 416, {"Content-Range": f"bytes */{len(video)}"})
+        answer(handler, 200, {"Content-Length": len(video) + 1000}, video)
+
+    server = serve(lying)
+    result = cache_on(server, tmp_path, attempts=6).fetch(GOOD)
+    assert result.status == "unavailable" and result.transient
+    assert "gave up after 6" in result.reason
+    assert len([p for p, _ in server.requests if p == MKV]) == 6
+    assert result.bytes_fetched <= 3 * len(video)
+    assert not (tmp_path / "videos").exists()
+
+
+def test_a_trickling_server_meets_the_deadline(tmp_path, serve):
+    def trickle(handler, number):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000000")
+        handler.end_headers()
+        for _ in range(100):  # at most 10 s, should the client not hang up
+            handler.wfile.write(b"x" * 1024)
+            handler.wfile.flush()
+            time.sleep(0.1)
+
+    server = serve(trickle)
+    result = cache_on(server, tmp_path, read_timeout=2, deadline=0.5,
+                      min_rate=1e12).fetch(GOOD)
+    assert result.status == "unavailable" and result.transient
+    assert "deadline" in result.reason
+    assert len(server.requests) == 1  # the deadline is per file: no more attempts
+
+
+def test_a_huge_retry_after_is_not_waited_for(tmp_path, serve, video):
+    def throttled(handler, number):
+        answer(handler, 429, {"Retry-After": "3600", "Content-Length": 0})
+
+    server = serve(throttled)
+    waits = []
+    result = cache_on(server, tmp_path, waits).fetch(GOOD)
+    assert result.status == "unavailable" and result.transient
+    assert "3600" in result.reason and "--max-retry-after" in result.reason
+    assert waits == [] and len(server.requests) == 1
+
+
+def test_an_etag_md5_is_verified(tmp_path, serve, video):
+    good = cache_on(serve(file_server(video, etag=f'"{hashlib.md5(video).hexdigest()}"')),
+                    tmp_path / "a").fetch(GOOD)
+    assert good.status == "downloaded"
+    bad = cache_on(serve(file_server(video, etag=f'"{hashlib.md5(b"x").hexdigest()}"')),
+                   tmp_path / "b", attempts=2).fetch(GOOD)
+    assert bad.status == "unavailable" and bad.transient and "MD5" in bad.reason
+    assert not (tmp_path / "b" / "videos").exists()
+
+
+@pytest.mark.parametrize("folder", ["partial", "videos"])
+def test_a_link_planted_in_the_cache_is_refused_and_its_target_untouched(
+        tmp_path, serve, video, folder, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    cache = tmp_path / "cache"
+    (cache / folder).mkdir(parents=True)
+    (cache / folder / f"{GOOD}.mkv").symlink_to(victim)
+    server = serve(file_server(video))
+    with pytest.raises(CacheError, match=f"{folder}/{GOOD}.mkv: a symbolic link"):
+        cache_on(server, cache).fetch(GOOD)
+    code = cli.main(["download", "--ids", GOOD, "--cache", str(cache), "--sources", "mirror",
+                     "--mirror", server.url + "/m/"])
+    err = capsys.readouterr().err
+    assert code == 2 and "symbolic link" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert victim.read_bytes() == b"precious" and (cache / folder / f"{GOOD}.mkv").is_symlink()
+
+
+def test_a_linked_partial_folder_is_refused(tmp_path, serve, video):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "partial").symlink_to(elsewhere)
+    with pytest.raises(CacheError, match="not a folder"):
+        cache_on(serve(file_server(video)), tmp_path / "cache").fetch(GOOD)
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", ["ftp://127.0.0.1/x.mkv", "file:///etc/passwd"])
+def test_a_redirect_to_another_scheme_is_refused(tmp_path, serve, video, target):
+    def redirecting(handler, number):
+        answer(handler, 302, {"Location": target, "Content-Length": 0})
+
+    server = serve(redirecting)
+    result = cache_on(server, tmp_path).fetch(GOOD)
+    assert result.status == "unavailable" and not result.transient
+    assert "refused" in result.reason and len(server.requests) == 1
+
+
+def test_a_redirect_to_http_is_followed(tmp_path, serve, video):
+    target = serve(file_server(video))
+
+    def redirecting(handler, number):
+        answer(handler, 302, {"Location": target.url + MKV, "Content-Length": 0})
+
+    result = cache_on(serve(redirecting), tmp_path).fetch(GOOD)
+    assert result.path.read_bytes() == video
+
+
+def test_an_unreachable_host_is_marked_down_after_a_few_tries(tmp_path, caplog):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: connections are refused
+    waits = []
+    cache = VideoCache(tmp_path, sources="mirror", mirror=f"http://127.0.0.1:{port}/m/",
+                       limits=Limits(attempts=6, backoff=0.01, down_after=3),
+                       sleep=waits.append, hosts=Hosts())
+    with caplog.at_level(logging.WARNING):
+        results = cache.fetch_many([GOOD, OTHER, "cdefghijklm"], jobs=1, progress=False)
+    assert [(r.status, r.transient) for r in results] == [("unavailable", True)] * 3
+    assert waits == [0.01, 0.02]
+    assert all("not tried again" in r.reason for r in results)
+    lines = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0]
+    assert not (tmp_path / "unavailable.json").exists()  # an outage is not a verdict
+
+
+def test_a_read_only_cache_is_a_one_line_error(tmp_path, serve, video, capsys):
+    cache = tmp_path / "cache"
+    (cache / "videos").mkdir(parents=True)
+    (cache / "videos" / f"{OTHER}.mkv").write_bytes(video)
+    os.chmod(cache, 0o555)
+    immutable = False
+    try:
+        if os.access(cache, os.W_OK) and shutil.which("chattr"):  # root ignores modes
+            immutable = subprocess.run(["chattr", "+i", str(cache)],  # noqa: S603, S607
+                                       capture_output=True).returncode == 0
+        try:
+            (cache / "probe").mkdir()
+        except OSError:
+            pass
+        else:
+            pytest.skip("cannot make a read-only folder here")
+        server = serve(file_server(video))
+        common = ["--cache", str(cache), "--sources", "mirror", "--mirror", server.url + "/m/"]
+        assert cli.main(["download", "--ids", OTHER, *common]) == 0  # reading still works
+        capsys.readouterr()
+        assert cli.main(["download", "--ids", GOOD, *common]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "cannot use the video cache" in err
+        assert str(cache) in err and "Traceback" not in err
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(cache)], check=True)  # noqa: S603, S607
+        os.chmod(cache, 0o755)
+
+
+def test_invalid_unavailable_entries_are_ignored_with_one_warning(
+        tmp_path, serve, video, caplog, capsys):
+    other = {"id": OTHER, "source": "mirror", "reason": "HTTP 404", "time": "2026-01-01"}
+    (tmp_path / "unavailable.json").write_text(json.dumps(
+        [{"id": GOOD, "source": "mirror", "time": "2026-01-01"}, other, "junk"]))
+    server = serve(file_server(video))
+    with caplog.at_level(logging.WARNING):
+        results = cache_on(server, tmp_path).fetch_many([GOOD, OTHER], progress=False)
+    assert results[0].status == "downloaded"  # the entry without a reason does not count
+    assert results[1].status == "unavailable" and "recorded" in results[1].reason
+    [line] = [r.getMessage() for r in caplog.records if "unavailable.json" in r.getMessage()]
+    assert "ignored 2 invalid entries" in line and "no 'reason'" in line
+
+    (tmp_path / "unavailable.json").write_text('{"id": 1}')
+    code = cli.main(["download", "--ids", GOOD, "--cache", str(tmp_path), "--sources",
+                     "mirror", "--mirror", server.url + "/m/"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unavailable.json: expected a JSON list" in err
+    assert "Traceback" not in err
+
+
+def test_cli_download_reports_transient_loss_in_its_exit_code(tmp_path, serve, video, capsys,
+                                                              monkeypatch):
+    def respond(handler, number):
+        if handler.path == f"/m/{OTHER}.mkv":
+            return answer(handler, 503, {"Retry-After": "999", "Content-Length": 0})
+        return file_server(video)(handler, number)
+
+    server = serve(respond)
+    monkeypatch.setenv("AVA_KEYFRAMES_ATTEMPTS", "2")
+    code = cli.main(["download", "--ids", f"{GOOD},{OTHER}", "--cache", str(tmp_path),
+                     "--sources", "mirror", "--mirror", server.url + "/m/", "--json",
+                     "--max-retry-after", "5"])
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 1
+    assert [(d["status"], d["fetch_mode"], d["transient"]) for d in lines] == [
+        ("downloaded", "whole", False), ("unavailable", None, True)]
+    assert lines[0]["bytes_fetched"] == len(video)
+    assert f"{OTHER}: lost (transient, run again)" in err and "999" in err
+    assert f"2 videos: 0 cached, 1 downloaded, 1 unavailable (1 transient); {len(video)} " \
+           "bytes fetched" in err
+
+    monkeypatch.setenv("AVA_KEYFRAMES_ATTEMPTS", "many")
+    assert cli.main(["download", "--ids", GOOD, "--cache", str(tmp_path)]) == 2
+    assert "AVA_KEYFRAMES_ATTEMPTS='many': expected a whole number" in capsys.readouterr().err
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    return any(os.path.realpath(fd) == str(path) for fd in fds if fd.is_symlink())
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_two_processes_on_one_cache_write_one_file_once(tmp_path, serve, video):
+    """Process A is held half-way through the body; process B starts on the same video and
+    must wait for A's lock (not write the same partial), then take A's file."""
+    half_sent, release = threading.Event(), threading.Event()
+
+    def respond(handler, number):
+        if handler.path != MKV:
+            return answer(handler, 404, {"Content-Length": 0})
+        if number > 1:  # a second download: B did not wait
+            return file_server(video)(handler, number)
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(video)))
+        handler.end_headers()
+        handler.wfile.write(video[: len(video) // 2])
+        handler.wfile.flush()
+        half_sent.set()
+        release.wait(60)
+        handler.wfile.write(video[len(video) // 2:])
+
+    server = serve(respond)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVA_KEYFRAMES_")}
+    command = [sys.executable, "-m", "ava_keyframes.cli", "download", "--ids", GOOD, "--cache",
+               str(tmp_path), "--sources", "mirror", "--mirror", server.url + "/m/", "--json"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,  # noqa: S603
+                             stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        assert half_sent.wait(60)
+        second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,  # noqa: S603
+                                  stderr=subprocess.PIPE, text=True)
+        lock = tmp_path / "locks" / f"{GOOD}.lock"
+        for _ in range(1200):  # B opened the lock (and waits on it), or made a request
+            if _holds_open(second.pid, lock) or len(server.requests) > 1 or second.poll():
+                break
+            time.sleep(0.05)
+        release.set()
+        outputs = [p.communicate(timeout=60) for p in (first, second)]
+    finally:
+        release.set()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert [p.returncode for p in (first, second)] == [0, 0]
+    assert not any("Traceback" in err for _, err in outputs)
+    results = [json.loads(out) for out, _ in outputs]
+    assert [r["status"] for r in results] == ["downloaded", "cached"]
+    assert (tmp_path / "videos" / f"{GOOD}.mkv").read_bytes() == video
+    assert [p for p, _ in server.requests] == [f"/m/{GOOD}.mkv"]
+    assert leftovers(tmp_path) == []
