@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 MAX_SECONDS = 86_400  # one day of video: more keyframes than any --seconds list needs
 # A line of TensorFlow's / XLA's / absl's C++ logging ("I0000 00:00:17.2 1234 port.cc:153] ..."),
@@ -118,6 +119,24 @@ def _native_stderr_filtered() -> Iterator[None]:
             if kept:
                 sys.stderr.flush()
                 os.write(2, b"".join(kept))
+
+
+def output_path(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """A place to write a file (``folder``: a folder), its parent folders created: CliError
+    naming the path when it is of the other kind or cannot be created or written."""
+    path = Path(path)
+    target = path if folder else path.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CliError(f"{target}: exists and is not a folder") from None
+    except OSError as error:
+        raise CliError(f"{target}: cannot create the folder: {error.strerror}") from None
+    if not folder and path.is_dir():
+        raise CliError(f"{path}: is a folder, expected a file name")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise CliError(f"{target}: not writable")
+    return path
 
 
 def parse_seconds(text: str, *, fractions: bool = False) -> dict[int | float, list[str]]:

@@ -24,6 +24,10 @@ object-detection code it ships (``object_detection_evaluation.py``, ``per_image_
    all-point interpolated AP; the mAP is the mean over label-map classes that have ground
    truth. Classes without ground truth get NaN.
 
+With ``exclusions`` (the scorer's ``-x``: an excluded-timestamps file), ground-truth and
+detection rows on those keyframes are left out before anything else, as upstream's
+``run_evaluation`` skips their image keys.
+
 Other metrics, with the same selection and matching:
 ``metric="voc07"``: Pascal VOC 2007 11-point interpolated AP at IoU 0.5.
 ``metric="coco"``: AP at each IoU threshold 0.50, 0.55, ..., 0.95 (all-point interpolation
@@ -41,19 +45,14 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ava_keyframes.annotations import Annotations
-from ava_keyframes.labelmap import LabelMap, evaluation_labelmap_path, read_labelmap
-
-if TYPE_CHECKING:
-    from detector.data import DatasetInfo
+from ava_keyframes.annotations import Annotations, Keyframe
+from ava_keyframes.labelmap import LabelMap
+from detector.ap_inputs import EvaluationError, scored_labelmap
 
 METRICS = ("ava", "voc07", "coco")
 DETECTIONS_PER_KEYFRAME = 50
@@ -68,7 +67,8 @@ class APResult:
     ``pr_curves`` maps each class with ground truth to its (precision, recall) arrays at IoU
     0.5 in descending score order (upstream's, before interpolation); ``dropped`` counts the
     detection rows the protocol leaves out: ``other_classes``, ``beyond_50_per_keyframe``,
-    ``absent_keyframes``, ``invalid_boxes``.
+    ``absent_keyframes``, ``invalid_boxes``, ``excluded_keyframes``;
+    ``excluded_groundtruth`` counts the ground-truth rows left out by the exclusions.
     """
 
     metric: str
@@ -77,6 +77,7 @@ class APResult:
     num_groundtruth: dict[str, int]
     pr_curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(repr=False)
     dropped: dict[str, int] = field(default_factory=dict)
+    excluded_groundtruth: int = 0
 
     def to_json(self) -> dict:
         """``{"mAP", "per_class", "num_groundtruth"}``; NaN becomes null (valid JSON)."""
@@ -104,30 +105,28 @@ class APResult:
         return "\n".join(lines)
 
 
-def scored_labelmap(path: str | Path | None = None, info: DatasetInfo | None = None) -> LabelMap:
-    """The classes that are scored (the one place that decides): the label map at ``path`` if
-    given; else the dataset's own classes for a non-AVA dataset ``info``; else AVA's official
-    60-class evaluation map."""
-    if path:
-        return read_labelmap(path)
-    if info is not None and not info.ava_classes:
-        return info.labelmap()
-    return read_labelmap(evaluation_labelmap_path())
-
-
 def evaluate(
     groundtruth: Annotations | pd.DataFrame,
     detections: Annotations | pd.DataFrame,
     labelmap: LabelMap | None = None,
     metric: str = "ava",
+    exclusions: set[Keyframe] | None = None,
 ) -> APResult:
-    """Score ``detections`` against ``groundtruth`` by the official AVA protocol (see module)."""
+    """Score ``detections`` against ``groundtruth`` by the official AVA protocol (see module);
+    ``exclusions``: keyframes ``(video_id, second)`` left out of both. Raises
+    `EvaluationError` when no ground-truth box of the label map's classes is left to score."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     if labelmap is None:
         labelmap = scored_labelmap()
     gt, empty = _table_and_empty_keyframes(groundtruth)
     det, _ = _table_and_empty_keyframes(detections)
+    excluded_det = 0
+    if exclusions:
+        out = _on_keyframes(gt, exclusions)
+        gt, excluded_gt, empty = gt[~out], int(out.sum()), empty - exclusions
+        out = _on_keyframes(det, exclusions)
+        det, excluded_det = det[~out], int(out.sum())
     ids = np.asarray(labelmap.ids, dtype=np.int64)
 
     gt_key, det_key, empty_key = _keyframe_codes(gt, det, empty)
@@ -136,12 +135,17 @@ def evaluate(
     det_class = _class_index(det["action_id"].to_numpy(np.int64), ids)
 
     gt_rows = np.flatnonzero(gt_class >= 0)
+    if not gt_rows.size:
+        raise EvaluationError(
+            f"nothing to score: none of {len(gt)} ground-truth rows"
+            f"{' left after the exclusions' if exclusions else ''} is of the "
+            f"{len(ids)} classes of the label map")
     g = _Boxes(gt, gt_rows, gt_key, gt_class, len(ids))
     num_gt = np.bincount(g.cls, minlength=len(ids))
 
     in_map = np.flatnonzero(det_class >= 0)
     d = _Boxes(det, in_map, det_key, det_class, len(ids))
-    dropped = {"other_classes": len(det) - len(in_map)}
+    dropped = {"excluded_keyframes": excluded_det, "other_classes": len(det) - len(in_map)}
     rank, first_row = _keyframe_ranks(d)
     kept = rank < DETECTIONS_PER_KEYFRAME
     dropped["beyond_50_per_keyframe"] = int(np.count_nonzero(~kept))
@@ -181,7 +185,14 @@ def evaluate(
         num_groundtruth={labelmap.names[c]: int(num_gt[c]) for c in range(len(ids))},
         pr_curves={labelmap.names[c]: curve for c, curve in sorted(curves.items())},
         dropped=dropped,
+        excluded_groundtruth=excluded_gt if exclusions else 0,
     )
+
+
+def _on_keyframes(table: pd.DataFrame, keyframes: set[Keyframe]) -> np.ndarray:
+    """Which rows of ``table`` lie on one of ``keyframes``."""
+    rows = pd.MultiIndex.from_arrays([table["video_id"], table["second"].astype(np.int64)])
+    return np.asarray(rows.isin(list(keyframes)), dtype=bool)
 
 
 def _table_and_empty_keyframes(
@@ -402,49 +413,3 @@ def _mean_ap(per_class_ap: np.ndarray, ids: np.ndarray) -> float:
     by_id = np.full(int(ids.max() - min(ids.min(), 1)) + 1, np.nan)
     by_id[ids - min(ids.min(), 1)] = per_class_ap
     return float(np.nanmean(by_id))
-
-
-def plot_ap(result: APResult, path: str | Path) -> None:
-    """A horizontal bar chart of per-class AP (classes with ground truth) with the mAP."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = [n for n, ap in result.per_class.items() if not math.isnan(ap)]
-    values = [result.per_class[n] for n in names]
-    figure = Figure(figsize=(8, 1.5 + 0.28 * max(len(names), 1)), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    positions = np.arange(len(names))
-    axes.barh(positions, values, color="tab:blue")
-    axes.set_yticks(positions, [f"{n} ({result.num_groundtruth[n]})" for n in names])
-    axes.invert_yaxis()
-    axes.set_xlim(0, 1)
-    axes.axvline(result.mAP, color="tab:red", linestyle="--", label=f"mAP {result.mAP:.4f}")
-    axes.set_xlabel(f"AP ({result.metric})")
-    axes.set_title("Per-class AP (ground-truth count in brackets)")
-    axes.legend(loc="lower right")
-    figure.savefig(path, dpi=100)
-
-
-def plot_pr_curves(result: APResult, directory: str | Path) -> list[Path]:
-    """One precision-recall plot (IoU 0.5) per class with ground truth, named after it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, (precision, recall) in result.pr_curves.items():
-        figure = Figure(figsize=(5, 4), layout="constrained")
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        axes.step(recall, precision, where="post")
-        axes.set_xlim(0, 1)
-        axes.set_ylim(0, 1.05)
-        axes.set_xlabel("recall")
-        axes.set_ylabel("precision")
-        axes.set_title(f"{name}: AP {result.per_class[name]:.4f} ({result.metric})")
-        path = directory / f"{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_') or 'class'}.png"
-        figure.savefig(path, dpi=80)
-        written.append(path)
-    return written

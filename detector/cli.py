@@ -9,8 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from ava_keyframes.runner import CliError, VerbParser, parse_seconds, run, user_errors
+from ava_keyframes.runner import (
+    CliError,
+    VerbParser,
+    output_path,
+    parse_seconds,
+    run,
+    user_errors,
+)
 
 
 def _positive(text: str) -> int:
@@ -53,44 +61,72 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # --- evaluate ---
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """CSV mode (--groundtruth, --detections) or model mode (--model, --dataset)."""
-    if args.model is None:
-        if args.dataset is not None:
-            raise CliError("--dataset needs --model")
-        result = _evaluate_csvs(args)
-    else:
-        if args.dataset is None or args.groundtruth or args.detections:
-            raise CliError("evaluate --model needs --dataset (and no --groundtruth/--detections)")
-        result = _evaluate_model(args)
-    _print_evaluation(result, args)
+    from detector.ap_inputs import EvaluationError
+
+    outputs = _evaluation_outputs(args)
+    with user_errors(EvaluationError):
+        if args.model is None:
+            if args.dataset is not None:
+                raise CliError("--dataset needs --model")
+            result = _evaluate_csvs(args)
+        else:
+            if args.dataset is None or args.groundtruth or args.detections:
+                raise CliError("evaluate --model needs --dataset (and no --groundtruth/"
+                               "--detections)")
+            result = _evaluate_model(args)
+    _print_evaluation(result, outputs)
     return 0
+
+
+def _exclusions(args: argparse.Namespace) -> set[tuple[str, int]] | None:
+    """--exclusions FILE, 'none', or by default the official split's file beside the ground
+    truth (CSV mode; a built split has left its excluded keyframes out already)."""
+    from ava_keyframes.annotations import AnnotationError, read_excluded
+    from detector.ap_inputs import default_exclusions
+
+    path = args.exclusions
+    if path is None and args.groundtruth:
+        path = default_exclusions(args.groundtruth)
+        if path is not None:
+            print(f"exclusions: {path} (the split's excluded timestamps; --exclusions none "
+                  "to score them)", file=sys.stderr)
+    if path is None or str(path).lower() == "none":
+        return None
+    with user_errors(AnnotationError):
+        return read_excluded(path)
 
 
 def _evaluate_model(args: argparse.Namespace):
     from ava_keyframes.labelmap import LabelMapError
-    from detector.ap import scored_labelmap
+    from detector.ap_inputs import scored_labelmap
     from detector.data import DataError, dataset_info
     from detector.model import ModelError, load_model
     from detector.predict import evaluate_model
 
+    exclusions = _exclusions(args)
+    detections_csv = output_path(args.detections_out)
     with user_errors(DataError, ModelError, LabelMapError):
         model = load_model(args.model)
         info = dataset_info(args.dataset, args.data_dir)
         result = evaluate_model(
             model, info, args.split, data_dir=args.data_dir,
             labelmap=scored_labelmap(args.labelmap, info), metric=args.metric,
-            batch_size=args.batch_size, limit=args.limit, detections_csv=args.detections_out,
+            batch_size=args.batch_size, limit=args.limit, detections_csv=detections_csv,
+            exclusions=exclusions,
         )
-    print(f"detections: {args.detections_out}", file=sys.stderr)
+    print(f"detections: {detections_csv}", file=sys.stderr)
     return result
 
 
 def _evaluate_csvs(args: argparse.Namespace):
     from ava_keyframes.annotations import AnnotationError, read_annotations
     from ava_keyframes.labelmap import LabelMapError
-    from detector.ap import evaluate, scored_labelmap
+    from detector.ap import evaluate
+    from detector.ap_inputs import check_pair, scored_labelmap
 
     if args.groundtruth is None or args.detections is None:
         raise CliError("evaluate needs --groundtruth GT.csv and --detections DET.csv")
+    exclusions = _exclusions(args)
     with user_errors(AnnotationError, LabelMapError):
         labelmap = scored_labelmap(args.labelmap)
         # No label map here: rows of other classes are skipped by `evaluate`, as upstream does,
@@ -99,7 +135,12 @@ def _evaluate_csvs(args: argparse.Namespace):
         detections = read_annotations(args.detections, kind="detections")
     for table in (groundtruth, detections):
         _print_rejections(table.report)
-    return evaluate(groundtruth, detections, labelmap, args.metric)
+    if detections.empty_keyframes:
+        shown = ", ".join(f"{v},{s}" for v, s in sorted(detections.empty_keyframes)[:5])
+        print(f"{detections.path}: {len(detections.empty_keyframes)} rows of 2 columns (no box, "
+              f"no score) not scored: {shown}", file=sys.stderr)
+    check_pair(groundtruth, detections)
+    return evaluate(groundtruth, detections, labelmap, args.metric, exclusions)
 
 
 def _print_rejections(report: list, shown: int = 5) -> None:
@@ -112,35 +153,50 @@ def _print_rejections(report: list, shown: int = 5) -> None:
             print(f"  ... and {len(report) - shown} more", file=sys.stderr)
 
 
-def _print_evaluation(result, args: argparse.Namespace) -> None:
+def _evaluation_outputs(args: argparse.Namespace) -> dict[str, Path]:
+    """--json, --plot and --pr-curves checked (and their folders made) before any work."""
+    outputs = {}
+    if args.plot:
+        from detector.plots import check_image_format
+
+        with user_errors(ValueError):
+            check_image_format(args.plot)
+    for name, folder in (("json", False), ("plot", False), ("pr_curves", True)):
+        if getattr(args, name):
+            outputs[name] = output_path(getattr(args, name), folder=folder)
+    return outputs
+
+
+def _print_evaluation(result, outputs: dict[str, Path]) -> None:
     """The AP table on stdout, what the protocol left out on stderr, then the requested
     --json, --plot and --pr-curves outputs."""
     import json
 
-    from detector.ap import plot_ap, plot_pr_curves
+    from detector.plots import plot_ap, plot_pr_curves
 
     dropped = result.dropped
+    if dropped["excluded_keyframes"] or result.excluded_groundtruth:
+        print(f"excluded keyframes: {result.excluded_groundtruth} ground-truth rows and "
+              f"{dropped['excluded_keyframes']} detections left out", file=sys.stderr)
     print(f"detections not scored (official protocol): {dropped['other_classes']} of classes "
           f"outside the label map, {dropped['beyond_50_per_keyframe']} beyond the 50 best per "
           f"keyframe, {dropped['absent_keyframes']} on keyframes absent from the ground truth, "
           f"{dropped['invalid_boxes']} with x2 <= x1 or y2 <= y1", file=sys.stderr)
     print(result.to_markdown())
     try:
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as handle:
+        if "json" in outputs:
+            with open(outputs["json"], "w", encoding="utf-8") as handle:
                 json.dump(result.to_json(), handle, indent=2, ensure_ascii=False)
-        if args.plot:
-            plot_ap(result, args.plot)
-        if args.pr_curves:
-            plot_pr_curves(result, args.pr_curves)
+        if "plot" in outputs:
+            plot_ap(result, outputs["plot"])
+        if "pr_curves" in outputs:
+            plot_pr_curves(result, outputs["pr_curves"])
     except OSError as error:
         raise CliError(f"cannot write {error.filename}: {error.strerror}") from None
 
 
 # --- predict ---
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from PIL import Image
 
     from ava_keyframes.frames import KeyframeError, MissingKeyframes
@@ -163,8 +219,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
              if args.video else read_images(args.images))
     with user_errors(ModelError):
         model = load_model(args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_path(args.out, folder=True)
     keyframes = []
     with user_errors(InputError, KeyframeError):
         try:
@@ -278,6 +333,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     model_mode.add_argument("--limit", type=_positive, help="score at most this many images")
     p.add_argument("--labelmap", metavar="PBTXT",
                    help="classes to evaluate (default: the official 60-class map)")
+    p.add_argument("--exclusions", metavar="CSV",
+                   help="excluded-timestamps CSV (the official scorer's -x): keyframes left out "
+                   "of ground truth and detections; 'none' for none. Default in CSV mode: "
+                   "ava_<split>_excluded_timestamps_v<version>.csv beside a ground truth named "
+                   "ava_<split>_v<version>.csv")
     p.add_argument("--metric", choices=("ava", "voc07", "coco"), default="ava",
                    help="ava: all-point AP at IoU 0.5 (default); voc07: 11-point; "
                         "coco: mean of all-point AP over IoU 0.50:0.05:0.95")

@@ -23,6 +23,7 @@ from ava_keyframes.annotations import VIDEO_ID_RE, Annotations, check_video_id
 from ava_keyframes.frames import extract_keyframes
 from ava_keyframes.labelmap import LabelMap
 from detector import ap
+from detector.ap_inputs import ava_table, scored_labelmap
 from detector.data import DatasetInfo, eval_batches, letterbox
 from detector.model import ModelError, MultiLabelRetinaNet
 
@@ -111,7 +112,7 @@ def detect_dataset(
         raise ModelError(f"the model's classes are not those of {info.name} "
                          f"({model.num_classes} vs {info.num_classes} classes)")
     detect = tf.function(lambda images, content: detect_letterboxed(model, images, content))
-    truth: list[dict] = []
+    truth: list[pd.DataFrame] = []
     empty: set[tuple[str, int]] = set()
     keyframes: list[Keyframe] = []
     for batch in eval_batches(info, split, image_size=model.image_size, batch_size=batch_size,
@@ -121,40 +122,33 @@ def detect_dataset(
                                                   batch["second"].numpy(), strict=True)):
             video_id = raw_id.decode()
             keyframes.append(_keyframe(video_id, second, {k: v[i] for k, v in out.items()}))
-            rows = _truth_rows(video_id, int(second), batch["boxes"][i].numpy(),
-                               batch["classes"][i].numpy(), batch["person_id"][i].numpy(),
-                               info.class_ids)
-            truth.extend(rows)
-            if not rows:
+            box, index = np.nonzero(batch["classes"][i].numpy() > 0)  # a row per (box, class)
+            if not box.size:
                 empty.add((video_id, int(second)))
-    table = pd.DataFrame(truth, columns=[*CSV_COLUMNS[:7], "person_id"])
+            ymin, xmin, ymax, xmax = batch["boxes"][i].numpy()[box].T
+            truth.append(ava_table(
+                [video_id] * box.size, [int(second)] * box.size,
+                np.stack([xmin, ymin, xmax, ymax], axis=-1), np.asarray(info.class_ids)[index],
+                person_id=batch["person_id"][i].numpy()[box]))
+    table = pd.concat(truth, ignore_index=True) if truth else ava_table([], [], [], [])
     table["line"] = np.arange(1, len(table) + 1)
     groundtruth = Annotations(f"{info.name}:{split}", "groundtruth", table, empty,
                               rows_read=len(table) + len(empty))
     return groundtruth, keyframes
 
 
-def _truth_rows(video_id: str, second: int, boxes: np.ndarray, classes: np.ndarray,
-                person_ids: np.ndarray, class_ids: list[int]) -> list[dict]:
-    rows = []
-    for (ymin, xmin, ymax, xmax), hot, person in zip(boxes, classes, person_ids, strict=True):
-        for index in np.flatnonzero(hot > 0):
-            rows.append({"video_id": video_id, "second": second, "x1": float(xmin),
-                         "y1": float(ymin), "x2": float(xmax), "y2": float(ymax),
-                         "action_id": class_ids[index], "person_id": int(person)})
-    return rows
-
-
 def detections_table(keyframes: Iterable[Keyframe], class_ids: list[int]) -> pd.DataFrame:
     """AVA detection rows (`CSV_COLUMNS` plus `line`), one per (box, class)."""
-    rows = [
-        (k.video_id, k.second, *(float(v) for v in box), class_ids[int(c)], float(score))
-        for k in keyframes
-        for box, score, c in zip(k.boxes, k.scores, k.classes, strict=True)
-    ]
-    table = pd.DataFrame(rows, columns=CSV_COLUMNS)
-    table["line"] = np.arange(1, len(table) + 1)
-    return table
+    keyframes = list(keyframes)
+    counts = [len(k.scores) for k in keyframes]
+    return ava_table(
+        np.repeat([k.video_id for k in keyframes], counts).astype(object),
+        np.repeat([k.second for k in keyframes], counts),
+        np.concatenate([k.boxes for k in keyframes]) if keyframes else [],
+        np.asarray(class_ids)[np.concatenate([k.classes for k in keyframes]).astype(int)]
+        if keyframes else [],
+        score=np.concatenate([k.scores for k in keyframes]) if keyframes else [],
+    )
 
 
 def write_detections_csv(table: pd.DataFrame, path: str | Path) -> None:
@@ -180,16 +174,19 @@ def evaluate_model(
     batch_size: int = 8,
     limit: int | None = None,
     detections_csv: str | Path | None = None,
+    exclusions: set[tuple[str, int]] | None = None,
 ) -> ap.APResult:
     """Run `model` on a TFDS split and score it with `detector.ap` against the split's own
-    ground truth; optionally write the detections as an AVA CSV."""
+    ground truth (a built AVA split has left out its excluded keyframes already; `exclusions`
+    leaves out more); optionally write the detections as an AVA CSV."""
     groundtruth, keyframes = detect_dataset(
         model, info, split, data_dir=data_dir, batch_size=batch_size, limit=limit
     )
     detections = detections_table(keyframes, model.class_ids)
     if detections_csv is not None:
         write_detections_csv(detections, detections_csv)
-    return ap.evaluate(groundtruth, detections, labelmap or ap.scored_labelmap(info=info), metric)
+    return ap.evaluate(groundtruth, detections, labelmap or scored_labelmap(info=info), metric,
+                       exclusions)
 
 
 class InputError(ValueError):

@@ -20,6 +20,8 @@ import keras
 import tensorflow as tf
 
 from detector import ap
+from detector.ap_inputs import scored_labelmap
+from detector.backbones import preset_backbone
 from detector.data import DataError, DatasetInfo, dataset_info, train_batches
 from detector.model import (
     ModelError,
@@ -27,9 +29,15 @@ from detector.model import (
     build_model,
     compile_model,
     load_model,
-    preset_backbone,
 )
 from detector.predict import evaluate_model
+from detector.weights import (
+    architecture_of,
+    copy_parts,
+    imagenet_backbone,
+    is_legacy_h5,
+    saved_model,
+)
 
 SNAPSHOT_EPOCH = re.compile(r"_(\d+)\.keras$")
 
@@ -44,8 +52,9 @@ class TrainOptions:
     val_split: str | None = "validation"
     backbone: str = "resnet50"
     backbone_width: float = 1.0
-    weights: str | None = None
-    preset: str | None = None
+    weights: str | None = None  # a whole model (.keras, .weights.h5) or a keras-retinanet .h5
+    backbone_weights: str | None = None  # Keras Applications ImageNet weights (.h5)
+    preset: str | None = None  # a KerasCV preset folder or name
     snapshot: str | None = None  # resume from this .keras snapshot
     freeze_backbone: bool = False
     random_transform: bool = False
@@ -91,7 +100,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         super().__init__()
         self.info, self.split, self.data_dir = info, split, data_dir
         self.every, self.epochs, self.limit, self.batch_size = every, epochs, limit, batch_size
-        self.labelmap = ap.scored_labelmap(info=info)
+        self.labelmap = scored_labelmap(info=info)
         self.writer = (
             tf.summary.create_file_writer(str(Path(tensorboard_dir) / "evaluation"))
             if tensorboard_dir else None
@@ -143,25 +152,34 @@ def classes_with_truth(result: ap.APResult) -> str:
 
 
 def _new_model(options: TrainOptions, info: DatasetInfo) -> MultiLabelRetinaNet:
-    backbone = preset_backbone(options.preset) if options.preset else options.backbone
-    model = build_model(
-        info.num_classes,
-        backbone=backbone,
-        image_size=options.image_size,
-        backbone_width=options.backbone_width,
-        fpn_channels=options.fpn_channels,
-        head_channels=options.head_channels,
-        head_depth=options.head_depth,
-        class_names=info.class_names,
-        class_ids=info.class_ids,
-    )
-    if options.weights:
-        try:
-            model.backbone.load_weights(options.weights)
-        except (OSError, ValueError) as error:
-            raise ModelError(
-                f"{options.weights}: cannot load backbone weights: {str(error).splitlines()[0]}"
-            ) from error
+    """A model from the flags, started from the weight files they name (`detector.weights`):
+    a whole model (`.keras`, `.weights.h5`), ImageNet backbone weights or a preset folder."""
+    whole = bool(options.weights) and not is_legacy_h5(options.weights)
+    if options.backbone_weights and options.preset:
+        raise ModelError("--backbone-weights and --preset both give the backbone; choose one")
+    if whole and (options.backbone_weights or options.preset):
+        raise ModelError(f"--weights {options.weights} holds a whole model, backbone included; "
+                         f"drop --backbone-weights/--preset")
+    architecture = {"backbone": options.backbone, "backbone_width": options.backbone_width,
+                    "fpn_channels": options.fpn_channels, "head_channels": options.head_channels,
+                    "head_depth": options.head_depth}
+    if options.preset:
+        architecture["backbone"] = preset_backbone(options.preset)
+    elif options.backbone_weights:
+        architecture["backbone"] = imagenet_backbone(
+            options.backbone, options.backbone_weights, width=options.backbone_width)
+    source = None
+    if whole:
+        source = saved_model(options.weights, lambda num_classes: build_model(
+            num_classes, image_size=options.image_size, **architecture))
+        architecture.update(architecture_of(source))
+    model = build_model(info.num_classes, image_size=options.image_size,
+                        class_names=info.class_names, class_ids=info.class_ids, **architecture)
+    if source is not None:
+        print(copy_parts(source, model, options.weights))
+    elif options.weights:
+        raise ModelError(f"{options.weights}: weights in the legacy .h5 layout are not a model "
+                         f"from ava-detector train; ImageNet weights go to --backbone-weights")
     return model
 
 

@@ -17,8 +17,9 @@ import pytest
 
 from ava_keyframes.annotations import read_annotations
 from ava_keyframes.labelmap import evaluation_labelmap_path, read_labelmap
-from detector.ap import APResult, evaluate, plot_ap, plot_pr_curves
+from detector.ap import APResult, evaluate
 from detector.cli import main
+from detector.plots import plot_ap, plot_pr_curves
 
 VIDEO = "vid00000000"
 SIT, STAND, WALK, CRAWL = 11, 12, 14, 2  # crawl (2) is not in the 60-class evaluation map
@@ -60,10 +61,13 @@ def test_golden_case_equals_the_official_evaluator(ava_data):
     assert with_gt == set(official["per_class"])
 
 
-def _reference(gt_rows, det_rows, class_ids):
-    """Upstream's algorithm restated literally (read_csv's heaps, the per-image loop of
-    per_image_evaluation, metrics.compute_precision_recall / compute_average_precision)."""
+def _reference(gt_rows, det_rows, class_ids, excluded=frozenset()):
+    """Upstream's algorithm restated literally (read_csv's heaps, run_evaluation skipping the
+    excluded image keys, the per-image loop of per_image_evaluation,
+    metrics.compute_precision_recall / compute_average_precision)."""
     whitelist = set(class_ids)
+    gt_rows = [r for r in gt_rows if (r[0], r[1]) not in excluded]
+    det_rows = [r for r in det_rows if (r[0], r[1]) not in excluded]
     annotated = {(r[0], r[1]) for r in gt_rows}
     gt = defaultdict(list)
     for video, second, (x1, y1, x2, y2), action in gt_rows:
@@ -148,6 +152,73 @@ def test_equals_literal_restatement_of_upstream_with_ties(seed):
     assert result.mAP == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
     assert sum(result.num_groundtruth.values()) == sum(
         1 for r in gt_rows if r[3] in labelmap)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exclusions_equal_upstream_skipping_excluded_image_keys(seed):
+    gt_rows, det_rows = _tie_heavy_case(seed)
+    excluded = {(VIDEO, 903), (VIDEO, 907), ("vid00000001", 902), (VIDEO, 2000)}
+    labelmap = read_labelmap(evaluation_labelmap_path())
+    expected = _reference(gt_rows, det_rows, labelmap.ids, excluded)
+    result = evaluate(_groundtruth(gt_rows), _detections(det_rows), labelmap,
+                      exclusions=excluded)
+    for action_id, ap in expected.items():
+        assert _ap(result, action_id) == pytest.approx(ap, abs=1e-12)
+    assert result.excluded_groundtruth == sum((r[0], r[1]) in excluded for r in gt_rows) > 0
+    assert result.dropped["excluded_keyframes"] == sum((r[0], r[1]) in excluded
+                                                       for r in det_rows) > 0
+
+
+def _golden_plus_excluded_keyframes(ava_data, tmp_path):
+    """The golden files plus rows on three keyframes they lack (missed ground truth, false
+    and true detections), and an excluded-timestamps file naming those three."""
+    golden = ava_data / "golden"
+    gt_lines = (golden / "groundtruth.csv").read_text().splitlines()
+    video = gt_lines[0].split(",")[0]
+    extra_gt, extra_det = [], []
+    for second in (1799, 1800, 1801):
+        extra_gt += [f"{video},{second},0.1,0.1,0.5,0.9,{a},7" for a in (11, 12, 14)]
+        extra_det += [f"{video},{second},0.1,0.1,0.5,0.9,12,0.99"]
+        extra_det += [f"{video},{second},0.5,0.1,0.9,0.9,{a},0.98" for a in (11, 14)]
+    gt, det, excluded = tmp_path / "gt.csv", tmp_path / "det.csv", tmp_path / "excluded.csv"
+    gt.write_text("\n".join([*gt_lines, *extra_gt]) + "\n")
+    det.write_text((golden / "detections.csv").read_text() + "\n".join(extra_det) + "\n")
+    excluded.write_text("".join(f"{video},{s}\n" for s in (1799, 1800, 1801)))
+    return gt, det, excluded
+
+
+def test_golden_case_plus_excluded_keyframes_equals_the_official_evaluator_with_x(
+        ava_data, tmp_path, capsys):
+    official = json.loads((ava_data / "golden" / "official_result.json").read_text())
+    gt, det, excluded = _golden_plus_excluded_keyframes(ava_data, tmp_path)
+    assert main(["evaluate", "--groundtruth", str(gt), "--detections", str(det),
+                 "--exclusions", str(excluded), "--json", str(tmp_path / "x" / "ap.json")]) == 0
+    assert "excluded keyframes: 9 ground-truth rows and 9 detections left out" in (
+        capsys.readouterr().err)
+    result = json.loads((tmp_path / "x" / "ap.json").read_text())
+    with_truth = {name: ap for name, ap in result["per_class"].items() if ap is not None}
+    assert with_truth == pytest.approx(official["per_class"], abs=1e-9)
+    assert result["mAP"] == pytest.approx(official["mAP"], abs=1e-9)
+    # The same files without -x score the extra keyframes: another result.
+    assert main(["evaluate", "--groundtruth", str(gt), "--detections", str(det),
+                 "--json", str(tmp_path / "all.json")]) == 0
+    assert json.loads((tmp_path / "all.json").read_text())["mAP"] != pytest.approx(
+        official["mAP"], abs=1e-6)
+
+
+def test_cli_defaults_to_the_splits_excluded_timestamps_beside_the_ground_truth(
+        tmp_path, capsys):
+    gt, det = tmp_path / "ava_val_v2.2.csv", tmp_path / "det.csv"
+    gt.write_text(f"{VIDEO},902,0,0,1,1,14,0\n{VIDEO},903,0,0,1,1,14,0\n")
+    det.write_text(f"{VIDEO},902,0,0,1,1,14,0.9\n{VIDEO},903,0,0,1,1,12,0.95\n")
+    excluded = tmp_path / "ava_val_excluded_timestamps_v2.2.csv"
+    excluded.write_text(f"{VIDEO},0903\n")
+    assert main(["evaluate", "--groundtruth", str(gt), "--detections", str(det)]) == 0
+    out, err = capsys.readouterr()
+    assert f"exclusions: {excluded}" in err and "| walk | 1 | 1.0000 |" in out
+    assert main(["evaluate", "--groundtruth", str(gt), "--detections", str(det),
+                 "--exclusions", "none"]) == 0
+    assert "| walk | 2 | 0.5000 |" in capsys.readouterr().out
 
 
 # --- protocol details, by hand ----------------------------------------------------------------
@@ -320,9 +391,10 @@ def test_cli_evaluate_metric_and_errors(small_csvs, tmp_path, capsys):
     assert "missing.csv" in err and "Traceback" not in err
     assert main(["evaluate", "--groundtruth", str(gt_csv)]) == 2
     assert "--detections" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
     assert main(["evaluate", "--groundtruth", str(gt_csv), "--detections", str(det_csv),
-                 "--json", str(tmp_path / "no" / "dir" / "ap.json")]) == 2
-    assert "cannot write" in capsys.readouterr().err
+                 "--json", str(tmp_path / "file" / "dir" / "ap.json")]) == 2
+    assert "cannot create" in capsys.readouterr().err
 
 
 # A line of TensorFlow's / absl's native logging, or a Python warning.
@@ -347,3 +419,51 @@ def test_cli_evaluate_on_csvs_is_quiet_and_loads_no_tensorflow(small_csvs):
     assert "| walk | 1 | 1.0000 |" in done.stdout
     lines = done.stderr.splitlines()
     assert lines and not [line for line in lines if LIBRARY_LINE.search(line)], lines
+
+
+def test_cli_refuses_what_would_score_without_meaning(small_csvs, tmp_path, capsys):
+    gt_csv, det_csv = small_csvs
+
+    def refused(gt, det, *needles):
+        assert main(["evaluate", "--groundtruth", str(gt), "--detections", str(det)]) == 2
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("ava-detector: error: ") and "Traceback" not in err, err
+        for needle in needles:
+            assert needle in last, last
+
+    # ground truth with person ids (8 columns) passed as detections: "scores" 0, 3, 5
+    people = tmp_path / "people.csv"
+    people.write_text(f"{VIDEO},902,0,0,1,1,14,0\n{VIDEO},902,0,0,1,1,12,3\n"
+                      f"{VIDEO},902,0,0,0.5,1,12,5\n")
+    refused(gt_csv, people, "people.csv", "person ids")
+    refused(gt_csv, gt_csv, "both ground truth and detections")
+    # a 7-column ground truth as detections: every row rejected
+    copy = tmp_path / "copy.csv"
+    copy.write_text(gt_csv.read_text())
+    refused(gt_csv, copy, "no usable detections row", "2 of 2")
+    only_crawl = tmp_path / "crawl.csv"
+    only_crawl.write_text(f"{VIDEO},902,0,0,1,1,{CRAWL}\n")
+    refused(only_crawl, det_csv, "nothing to score", "60 classes")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"{VIDEO},9x2,0,0,1,1,14\n")
+    refused(bad, det_csv, "no usable groundtruth row", "1 of 1 rejected")
+
+
+def test_cli_reports_every_unused_row_and_checks_outputs_first(small_csvs, tmp_path, capsys):
+    gt_csv, det_csv = small_csvs
+    det_csv.write_text(det_csv.read_text() + f"{VIDEO},0904\n")
+    assert main(["evaluate", "--groundtruth", str(gt_csv), "--detections", str(det_csv),
+                 "--plot", str(tmp_path / "new" / "ap.svg")]) == 0
+    err = capsys.readouterr().err
+    assert f"{det_csv}:3: score" in err
+    assert "1 rows of 2 columns (no box, no score) not scored: vid00000000,904" in err
+    assert (tmp_path / "new" / "ap.svg").read_text().lstrip().startswith("<?xml")
+    (tmp_path / "folder.png").mkdir()
+    for plot, needle in (("x.unknown", "not a picture format"),
+                         (str(tmp_path / "folder.png"), "is a folder")):
+        assert main(["evaluate", "--groundtruth", str(gt_csv), "--detections", str(det_csv),
+                     "--plot", plot]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert needle in err and "\n" not in err and captured.out == "", err

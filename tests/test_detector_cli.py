@@ -93,6 +93,20 @@ def test_evaluate_model_writes_detections_and_scores_them(model_path, data_dir, 
     assert set(rows.table["second"]) == {902, 903, 904, 905}
 
 
+def test_evaluate_model_leaves_out_excluded_keyframes(model_path, data_dir, tmp_path, capsys):
+    excluded = tmp_path / "excluded.csv"
+    excluded.write_text("validvideo0,902\nvalidvideo0,0903\n")
+    totals = []
+    for extra in ([], ["--exclusions", str(excluded)]):
+        assert main(["evaluate", "--model", model_path, "--dataset", "detector_toy_ava",
+                     "--data-dir", data_dir, "--detections-out", str(tmp_path / "det.csv"),
+                     "--json", str(tmp_path / "ap.json"), *extra]) == 0
+        totals.append(sum(json.loads((tmp_path / "ap.json").read_text())["num_groundtruth"]
+                          .values()))
+    assert "and 40 detections left out" in capsys.readouterr().err  # 20 per keyframe
+    assert 0 < totals[1] < totals[0]
+
+
 def test_predict_images_and_video(model_path, tmp_path, capsys):
     images = [image for _, _, image in examples(seed=5, count=2)]
     named, other = tmp_path / "AbCdEfGhIjK_0910.png", tmp_path / "photo.png"
