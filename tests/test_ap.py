@@ -18,6 +18,7 @@ import pytest
 from ava_keyframes.annotations import read_annotations
 from ava_keyframes.labelmap import evaluation_labelmap_path, read_labelmap
 from detector.ap import APResult, evaluate
+from detector.ap_inputs import ava_table
 from detector.cli import main
 from detector.plots import plot_ap, plot_pr_curves
 
@@ -28,18 +29,13 @@ FULL = (0.0, 0.0, 1.0, 1.0)
 
 def _groundtruth(rows) -> pd.DataFrame:
     """Rows ``(video, second, (x1, y1, x2, y2), action)`` in file order."""
-    return pd.DataFrame({
-        "video_id": [r[0] for r in rows], "second": [r[1] for r in rows],
-        **{c: [float(r[2][i]) for r in rows] for i, c in enumerate(("x1", "y1", "x2", "y2"))},
-        "action_id": [r[3] for r in rows], "person_id": -1, "line": np.arange(1, len(rows) + 1),
-    })
+    return ava_table(*zip(*rows, strict=True)) if rows else ava_table([], [], [], [])
 
 
 def _detections(rows) -> pd.DataFrame:
     """Rows ``(video, second, (x1, y1, x2, y2), action, score)`` in file order."""
-    frame = _groundtruth([r[:4] for r in rows]).drop(columns="person_id")
-    frame.insert(7, "score", [float(r[4]) for r in rows])
-    return frame
+    *columns, scores = zip(*rows, strict=True)
+    return ava_table(*columns, score=scores)
 
 
 def _ap(result: APResult, action_id: int) -> float:
