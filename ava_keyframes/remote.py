@@ -250,7 +250,7 @@ class Remote:
             with error:
                 raise _http_error(url, error.code, error.reason, error.headers) from None
         except urllib.error.URLError as error:
-            self._unreachable(url, error.reason)
+            self.note_unreachable(url, error)
             raise Transient(f"{url}: {error.reason}") from None
         except (OSError, http.client.HTTPException) as error:
             raise Transient(f"{url}: {error!r}") from None
@@ -331,17 +331,30 @@ class Remote:
             raise GaveUp(f"{error}: no time left to wait {wait:.0f} s before the deadline")
         return wait
 
-    def _unreachable(self, url: str, reason: object) -> None:
-        if isinstance(reason, socket.gaierror):
-            what = "name not resolved"
-        elif isinstance(reason, ConnectionRefusedError):
-            what = "connection refused"
-        elif isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH,
-                                                              errno.EHOSTUNREACH):
-            what = "no route to host"
-        else:
-            return
-        self.hosts.unreachable(url, what, self.limits.down_after)
+    def note_unreachable(self, url: str, error: BaseException | None) -> None:
+        """Count a failed try at ``url`` against its host when ``error`` (or what caused it)
+        says the host cannot be reached at all; ``down_after`` in a row mark it down."""
+        reason = _unreachable_reason(error)
+        if reason is not None:
+            self.hosts.unreachable(url, reason, self.limits.down_after)
+
+
+def _unreachable_reason(error: BaseException | None) -> str | None:
+    """"name not resolved", "connection refused" or "no route to host", found along the
+    chain of ``reason``, ``cause`` (yt-dlp), ``__cause__`` and ``__context__``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, socket.gaierror):
+            return "name not resolved"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, OSError) and error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "no route to host"
+        links = (getattr(error, "reason", None), getattr(error, "cause", None),
+                 error.__cause__, error.__context__)
+        error = next((e for e in links if isinstance(e, BaseException)), None)
+    return None
 
 
 def _host(url: str) -> str:

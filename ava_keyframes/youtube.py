@@ -58,6 +58,7 @@ class _Log:
 def _attempt(remote: Remote, url: str, work: Path, meter: Meter, deadline: Deadline) -> Path:
     import yt_dlp
 
+    remote.hosts.check(url)
     log = _Log()
     seen: dict[str, int] = {}
 
@@ -84,6 +85,7 @@ def _attempt(remote: Remote, url: str, work: Path, meter: Meter, deadline: Deadl
     except yt_dlp.utils.DownloadCancelled as error:
         raise GaveUp(f"{url}: {error.msg}") from None
     except yt_dlp.utils.YoutubeDLError as error:
+        remote.note_unreachable(url, getattr(error, "exc_info", None) and error.exc_info[1])
         raise _error(error) from None
     paths = [Path(d["filepath"]) for d in (info or {}).get("requested_downloads", [])
              if d.get("filepath")]

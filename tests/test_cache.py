@@ -288,12 +288,18 @@ def test_a_redirect_to_http_is_followed(tmp_path, serve, video):
     assert result.path.read_bytes() == video
 
 
-def test_an_unreachable_host_is_marked_down_after_a_few_tries(tmp_path, caplog):
+def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed once the block ends: connections are refused
+        return sock.getsockname()[1]  # closed once the block ends: connections are refused
+
+
+@pytest.mark.parametrize("source", ["mirror", "youtube"])
+def test_an_unreachable_host_is_marked_down_after_a_few_tries(tmp_path, caplog, source):
+    url = f"http://127.0.0.1:{closed_port()}"
     waits = []
-    cache = VideoCache(tmp_path, sources="mirror", mirror=f"http://127.0.0.1:{port}/m/",
+    cache = VideoCache(tmp_path, sources=source, mirror=url + "/m/",
+                       youtube_template=url + "/yt/{id}.mp4",
                        limits=Limits(attempts=6, backoff=0.01, down_after=3),
                        sleep=waits.append, hosts=Hosts())
     with caplog.at_level(logging.WARNING):
@@ -302,8 +308,24 @@ def test_an_unreachable_host_is_marked_down_after_a_few_tries(tmp_path, caplog):
     assert waits == [0.01, 0.02]
     assert all("not tried again" in r.reason for r in results)
     lines = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
-    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0]
+    assert len(lines) == 1 and url.removeprefix("http://") in lines[0]
     assert not (tmp_path / "unavailable.json").exists()  # an outage is not a verdict
+
+
+def test_a_name_that_does_not_resolve_is_marked_down_too(tmp_path, caplog, monkeypatch):
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)  # offline, as seen from the resolver
+    waits = []
+    cache = VideoCache(tmp_path, sources="mirror", mirror="http://mirror.invalid/m/",
+                       limits=Limits(attempts=6, backoff=0.01, down_after=2),
+                       sleep=waits.append, hosts=Hosts())
+    with caplog.at_level(logging.WARNING):
+        results = cache.fetch_many([GOOD, OTHER], jobs=1, progress=False)
+    assert all(r.transient and "name not resolved" in r.reason for r in results)
+    assert waits == [0.01]
+    assert len([r for r in caplog.records if "mirror.invalid" in r.getMessage()]) == 1
 
 
 def test_a_read_only_cache_is_a_one_line_error(tmp_path, serve, video, capsys):
