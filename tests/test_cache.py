@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import json
@@ -236,6 +237,24 @@ def test_an_etag_md5_is_verified(tmp_path, serve, video):
                    tmp_path / "b", attempts=2).fetch(GOOD)
     assert bad.status == "unavailable" and bad.transient and "MD5" in bad.reason
     assert not (tmp_path / "b" / "videos").exists()
+
+
+def test_a_full_disk_is_a_transient_loss_and_a_later_run_completes(
+        tmp_path, serve, video, monkeypatch):
+    real_write = os.write
+
+    def full_disk(fd, data):
+        if os.fstat(fd).st_size + len(data) > len(video) // 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    server = serve(file_server(video))
+    monkeypatch.setattr(os, "write", full_disk)
+    lost = cache_on(server, tmp_path).fetch(GOOD)
+    monkeypatch.setattr(os, "write", real_write)
+    assert lost.status == "unavailable" and lost.transient and "No space left" in lost.reason
+    assert len(server.requests) == 1  # not retried: waiting will not free the disk
+    assert cache_on(server, tmp_path).fetch(GOOD).path.read_bytes() == video
 
 
 @pytest.mark.parametrize("folder", ["partial", "videos"])
