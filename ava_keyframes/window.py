@@ -41,9 +41,9 @@ from ava_keyframes.remote import Deadline, Meter, Refused, Remote, RemoteError
 
 MIN_BLOCK = 16 * 1024
 MAX_BLOCK = 8 * 2**20
-"""Read-ahead per request: from ``MIN_BLOCK`` after a jump, growing to a quarter of the
-bytes read in sequence so far (so reading past the window's end costs at most about a
-quarter more), up to ``MAX_BLOCK``."""
+"""Read-ahead per request: from ``MIN_BLOCK`` after a jump, growing to half the bytes read
+in sequence so far, up to ``MAX_BLOCK``, and no further than the caller's estimate of where
+it will stop (``RangeFile.until``)."""
 
 _KEPT_BLOCKS = 8
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -118,6 +118,8 @@ class RangeFile(io.RawIOBase):
         self.requests = self.bytes_fetched = 0
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self._pos = self._run = self._last_end = 0
+        self.until: int | None = None
+        """Where the caller expects to stop reading, if it knows: read-ahead ends there."""
         self.source: Source | None = None
         self._fetch(0)  # learns the size and identity (and whether ranges work at all)
 
@@ -150,7 +152,9 @@ class RangeFile(io.RawIOBase):
         return chunk
 
     def _fetch(self, start: int) -> bytes:
-        length = min(MAX_BLOCK, max(MIN_BLOCK, self._run // 4))
+        length = min(MAX_BLOCK, max(MIN_BLOCK, self._run // 2))
+        if self.until is not None:
+            length = min(length, max(MIN_BLOCK, self.until - start))
         if self.source is not None:
             length = min(length, self.source.size - start)
         got = self.remote.read_range(self.url, start, start + length, self.meter, self.deadline)
@@ -254,7 +258,7 @@ def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path,
             old = None if existing is None else _Piece(
                 existing.path, existing.start + origin,
                 None if existing.end is None else existing.end + origin)
-            pieces = [_copy_span(container, stream, origin + a, origin + b, temp(), muxer)
+            pieces = [_copy_span(reader, container, stream, origin + a, origin + b, temp(), muxer)
                       for a, b in _missing_spans(existing, lo, hi)]
         pieces = sorted(pieces + ([old] if old else []), key=lambda piece: piece.first)
         whole = pieces[0] if len(pieces) == 1 else _join(pieces, temp(), muxer)
@@ -306,30 +310,54 @@ def _first_frame_time(container: av.container.InputContainer, stream: av.VideoSt
 
 class _Span:
     """The packets of ``stream`` from the key frame at or before time ``t0`` to the frame at
-    or after ``t1`` (with every frame shown before it), in decode order.
+    or after ``t1`` (``end``; None if the file ends first), in decode order.
 
-    Copying stops at the first key frame after that frame has been seen (no frame shown
-    before it can follow it in decode order), or at the end of the file (``end`` None).
+    Copying goes on to the first key frame after ``end``, included, so that the file itself
+    shows that every frame shown before that key frame is in it (nothing shown before a key
+    frame follows it in decode order); with open GOPs (frames that follow a key frame in
+    decode order but are shown before it) to the key frame after that one. As packets
+    arrive, the span's end in bytes is estimated from its bit rate so far and handed to
+    ``reader`` (``until``), which then reads no further ahead than that.
     """
 
-    def __init__(self, container: av.container.InputContainer, stream: av.VideoStream,
-                 t0: Fraction, t1: Fraction) -> None:
-        self.container, self.stream, self.t0, self.t1 = container, stream, t0, t1
+    def __init__(self, reader: RangeFile, container: av.container.InputContainer,
+                 stream: av.VideoStream, t0: Fraction, t1: Fraction) -> None:
+        self.reader, self.container, self.stream = reader, container, stream
+        self.t0, self.t1 = t0, t1
         self.first: Fraction | None = None
         self.end: Fraction | None = None
+        self._first_pos: int | None = None
 
     def packets(self) -> Iterator[av.Packet]:
-        packets = self._from_key_frame()
-        for packet in packets:
+        key: Fraction | None = None
+        open_gop, keys_after = False, 0
+        for packet in self._from_key_frame():
             time = _time(packet.pts, self.stream)
-            if self.end is not None and packet.is_keyframe and time > self.end:
-                return
             if self.first is None:
                 self.first = time
+            if packet.is_keyframe:
+                key = time
+            elif time < key:
+                open_gop = True
             if time >= self.t1 and (self.end is None or time < self.end):
                 self.end = time
+            if packet.pos is not None and packet.pos >= 0:
+                self._estimate_end(packet.pos, time)
             yield packet
+            if self.end is not None and packet.is_keyframe and time > self.end:
+                keys_after += 1
+                if keys_after == 1 + open_gop:
+                    return
         self.end = None  # ran to the end of the file
+
+    def _estimate_end(self, pos: int, time: Fraction) -> None:
+        """Byte offset where the span should end: its bytes per second so far times the
+        seconds left, plus a second and a tenth (a short guess costs one more request)."""
+        if self._first_pos is None:
+            self._first_pos = pos
+        elif time > self.first:
+            rate = (pos - self._first_pos) / float(time - self.first)
+            self.reader.until = pos + int(1.1 * rate * (max(float(self.t1 - time), 0) + 1))
 
     def _from_key_frame(self) -> Iterator[av.Packet]:
         """Packets from the last key frame at or before ``t0``: seek there (earlier and
@@ -349,10 +377,14 @@ class _Span:
             back = max(2 * back, Fraction(1))
 
 
-def _copy_span(container: av.container.InputContainer, stream: av.VideoStream, t0: Fraction,
-               t1: Fraction, out: Path, muxer: str) -> _Piece:
-    span = _Span(container, stream, t0, t1)
-    _write(span.packets(), stream, out, muxer)
+def _copy_span(reader: RangeFile, container: av.container.InputContainer,
+               stream: av.VideoStream, t0: Fraction, t1: Fraction, out: Path, muxer: str
+               ) -> _Piece:
+    span = _Span(reader, container, stream, t0, t1)
+    try:
+        _write(span.packets(), stream, out, muxer)
+    finally:
+        reader.until = None
     return _Piece(out, span.first, span.end)
 
 
