@@ -219,6 +219,7 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
         scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme
         if scheme.lower() not in _SCHEMES:
+            fp.close()
             raise Refused(f"{req.full_url}: redirect to {newurl!r} refused (only http and https)")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 

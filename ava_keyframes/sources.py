@@ -10,7 +10,8 @@ Sources are tried in order; the first that yields a file wins:
 A video already in the cache is returned before any source is asked. Downloads go through
 :mod:`ava_keyframes.cache` (one writer per video, verified resumable partials, complete files
 only in ``videos/``) and :mod:`ava_keyframes.remote` (time, size and attempt limits); a file
-enters the cache only once its size matches and it demuxes and decodes to its end.
+enters the cache only once its size matches and its first frame decodes and it demuxes cleanly
+through the last second the caller needs (to its end when the caller names none).
 
 Failures never stop a batch. Transient ones (timeouts, resets, HTTP 5xx, 429, deadlines,
 unreachable hosts, a full disk) are retried within the limits, then reported with
