@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 MAX_SECONDS = 86_400  # one day of video: more keyframes than any --seconds list needs
 # A line of TensorFlow's / XLA's / absl's C++ logging ("I0000 00:00:17.2 1234 port.cc:153] ..."),
@@ -38,6 +40,45 @@ class VerbParser(argparse.ArgumentParser):
         self.add_argument("-v", "--verbose", action="store_true",
                           help="show TensorFlow's, CUDA's and other libraries' logs")
 
+    def error(self, message: str) -> NoReturn:
+        """A bad flag is a user's mistake like any other: one line, exit code 2."""
+        tool = self.prog.split()[0]
+        self.exit(2, f"{tool}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    if not (text.strip().isascii() and text.strip().isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    if not (text.strip().isascii() and text.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (not nan, inf or negative)."""
+    return _number(text, lambda x: x > 0, "a positive number")
+
+
+def probability(text: str) -> float:
+    """argparse type: a number from 0 to 1."""
+    return _number(text, lambda x: 0 <= x <= 1, "a number from 0 to 1")
+
+
+def _number(text: str, valid: Callable[[float], bool], what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and valid(value)):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
 
 @contextmanager
 def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
@@ -52,7 +93,10 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and run the chosen command; a CliError becomes one line and exit 2.
     Unless the verb got ``-v``, the libraries run quietly (`quiet_libraries`)."""
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a bad flag already reported by argparse
+        return done.code if isinstance(done.code, int) else 2
     try:
         if getattr(args, "verbose", False):
             return args.func(args)

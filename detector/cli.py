@@ -8,34 +8,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ava_keyframes.runner import (
     CliError,
     VerbParser,
+    count,
     output_path,
     parse_seconds,
+    positive_int,
+    positive_number,
+    probability,
     run,
     user_errors,
 )
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 # --- train ---
 def _cmd_train(args: argparse.Namespace) -> int:
     from detector.data import DataError
     from detector.model import ModelError
-    from detector.train import TrainOptions, train
+    from detector.train import TrainingError, TrainOptions, train
 
     options = TrainOptions(
         dataset=args.dataset, data_dir=args.data_dir, split=args.split,
@@ -50,12 +45,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
         jit_compile=args.jit_compile, eval_every=args.eval_every, eval_limit=args.eval_limit,
         time_limit=args.time_limit,
     )
-    with user_errors(DataError, ModelError):
+    output_path(args.snapshot_path, folder=True)
+    if args.tensorboard_dir:
+        output_path(args.tensorboard_dir, folder=True)
+    with user_errors(DataError, ModelError, TrainingError), _damaged_model(args.snapshot):
         result = train(options)
     print(f"last snapshot: {result.last_snapshot}")
     if result.evaluation is not None:
         print(f"{options.val_split} mAP@0.5: {result.evaluation.mAP:.4f}")
     return 0
+
+
+@contextmanager
+def _damaged_model(path: str | None) -> Iterator[None]:
+    """A `.keras` archive that fails its checksums (bad CRC, truncated) as a one-line error."""
+    import zipfile
+
+    try:
+        yield
+    except zipfile.BadZipFile as error:
+        raise CliError(f"{path}: damaged model file ({error})") from None
+
+
+def _load_model(path: str):
+    from detector.model import ModelError, load_model
+
+    with user_errors(ModelError), _damaged_model(path):
+        return load_model(path)
 
 
 # --- evaluate ---
@@ -100,13 +116,13 @@ def _evaluate_model(args: argparse.Namespace):
     from ava_keyframes.labelmap import LabelMapError
     from detector.ap_inputs import scored_labelmap
     from detector.data import DataError, dataset_info
-    from detector.model import ModelError, load_model
+    from detector.model import ModelError
     from detector.predict import evaluate_model
 
     exclusions = _exclusions(args)
     detections_csv = output_path(args.detections_out)
+    model = _load_model(args.model)
     with user_errors(DataError, ModelError, LabelMapError):
-        model = load_model(args.model)
         info = dataset_info(args.dataset, args.data_dir)
         result = evaluate_model(
             model, info, args.split, data_dir=args.data_dir,
@@ -200,7 +216,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ava_keyframes.frames import KeyframeError, MissingKeyframes
-    from detector.model import ModelError, load_model
     from detector.predict import (
         InputError,
         detect_images,
@@ -217,8 +232,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise CliError("--video needs --seconds, e.g. --seconds 902-910")
     items = (video_keyframes(args.video, parse_seconds(args.seconds), video_id=args.video_id)
              if args.video else read_images(args.images))
-    with user_errors(ModelError):
-        model = load_model(args.model)
+    model = _load_model(args.model)
     out = output_path(args.out, folder=True)
     keyframes = []
     with user_errors(InputError, KeyframeError):
@@ -240,12 +254,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 # --- export ---
 def _cmd_export(args: argparse.Namespace) -> int:
-    from detector.model import ModelError, load_model
     from detector.predict import export
 
-    with user_errors(ModelError):
-        model = load_model(args.model)
-    keras_path, saved = export(model, args.out)
+    model = _load_model(args.model)
+    keras_path, saved = export(model, output_path(args.out, folder=True))
     print(f"SavedModel: {saved} (signature serving_default: uint8 images [B, H, W, 3] -> "
           "boxes, scores, classes, class_ids, num_detections)")
     print(f"Keras model: {keras_path}")
@@ -277,7 +289,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default="resnet50",
                    help="resnet50 (default), resnet18, resnet34, resnet101, "
                    "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
-    p.add_argument("--backbone-width", type=float, default=1.0,
+    p.add_argument("--backbone-width", type=positive_number, default=1.0,
                    help="channel multiplier of the backbone (e.g. 0.5 on CPU; default 1)")
     p.add_argument("--weights", help="backbone weights file to start from (.weights.h5)")
     p.add_argument("--preset", help="KerasCV preset to take the backbone from "
@@ -286,25 +298,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-backbone", action="store_true", help="do not train the backbone")
     p.add_argument("--random-transform", action="store_true",
                    help="augment: flip, jittered resize, colour")
-    p.add_argument("--epochs", type=_positive, default=50)
-    p.add_argument("--steps", type=_positive, help="steps per epoch (default: one pass)")
-    p.add_argument("--batch-size", type=_positive, default=8)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    p.add_argument("--image-size", type=_positive, default=512,
+    p.add_argument("--epochs", type=positive_int, default=50)
+    p.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--lr", type=positive_number, default=1e-4, help="Adam learning rate")
+    p.add_argument("--image-size", type=positive_int, default=512,
                    help="square input side, a multiple of 32 (default 512)")
-    p.add_argument("--fpn-channels", type=_positive, default=256)
-    p.add_argument("--head-channels", type=_positive, default=256)
-    p.add_argument("--head-depth", type=int, default=4, help="conv layers per head")
+    p.add_argument("--fpn-channels", type=positive_int, default=256)
+    p.add_argument("--head-channels", type=positive_int, default=256)
+    p.add_argument("--head-depth", type=positive_int, default=4, help="conv layers per head")
     p.add_argument("--snapshot-path", default="snapshots",
                    help="folder for a .keras snapshot per epoch (default: snapshots)")
     p.add_argument("--tensorboard-dir", help="TensorBoard log folder")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
     p.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
-    p.add_argument("--eval-every", type=int, default=1,
+    p.add_argument("--eval-every", type=count, default=1,
                    help="epochs between mAP evaluations; 0: never (default 1)")
-    p.add_argument("--eval-limit", type=_positive,
+    p.add_argument("--eval-limit", type=positive_int,
                    help="score at most this many validation images")
-    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+    p.add_argument("--time-limit", type=positive_number, metavar="MINUTES",
                    help="stop after the epoch that passes this many minutes")
     p.set_defaults(func=_cmd_train)
 
@@ -329,8 +341,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     model_mode.add_argument("--split", default="validation", help="default: validation")
     model_mode.add_argument("--detections-out", default="detections.csv", metavar="CSV",
                             help="where the detections go (default: detections.csv)")
-    model_mode.add_argument("--batch-size", type=_positive, default=8)
-    model_mode.add_argument("--limit", type=_positive, help="score at most this many images")
+    model_mode.add_argument("--batch-size", type=positive_int, default=8)
+    model_mode.add_argument("--limit", type=positive_int, help="score at most this many images")
     p.add_argument("--labelmap", metavar="PBTXT",
                    help="classes to evaluate (default: the official 60-class map)")
     p.add_argument("--exclusions", metavar="CSV",
@@ -361,7 +373,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", metavar="S,S-S",
                    help="keyframe seconds of --video, e.g. 902,905,910-920")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--min-score", type=float, default=0.3,
+    p.add_argument("--min-score", type=probability, default=0.3,
                    help="pictures show detections from this score (default 0.3)")
     p.add_argument("--no-pictures", action="store_true", help="write the CSV only")
     p.set_defaults(func=_cmd_predict)
@@ -384,7 +396,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the whole pipeline on a synthetic corpus, offline (what `make demo` runs)")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--train-minutes", type=float, default=6.0, help="training budget")
+    p.add_argument("--train-minutes", type=positive_number, default=6.0, help="training budget")
     p.set_defaults(func=_cmd_demo)
 
 

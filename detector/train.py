@@ -110,7 +110,7 @@ class EvaluationCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         last = epoch + 1 == self.epochs or self.model.stop_training
-        if (epoch + 1) % self.every == 0 or last:
+        if ((epoch + 1) % self.every == 0 or last) and finite_loss(logs):
             self.result = evaluate_model(
                 self.model, self.info, self.split, data_dir=self.data_dir,
                 labelmap=self.labelmap, batch_size=self.batch_size, limit=self.limit,
@@ -126,6 +126,23 @@ class EvaluationCallback(keras.callbacks.Callback):
                 self.writer.flush()
         if self.result is not None:  # absent before the first evaluation, never a fake value
             logs["mAP"] = self.result.mAP
+
+
+class TrainingError(RuntimeError):
+    """Training that cannot give a usable model (the loss diverged)."""
+
+
+def finite_loss(logs: dict | None) -> bool:
+    """Whether the epoch's loss is a number (TerminateOnNaN stops at the first NaN or inf)."""
+    return math.isfinite(float((logs or {}).get("loss", 0.0)))
+
+
+class FiniteCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that never writes a model whose loss is NaN or infinite."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if finite_loss(logs):
+            super().on_epoch_end(epoch, logs)
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -217,7 +234,7 @@ def train(options: TrainOptions) -> TrainResult:
     )
     steps = options.steps or max(1, math.ceil(info.splits.get(options.split, 1)
                                               / options.batch_size))
-    callbacks: list[keras.callbacks.Callback] = []
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     evaluation = None
     if evaluating:
         evaluation = EvaluationCallback(
@@ -232,7 +249,7 @@ def train(options: TrainOptions) -> TrainResult:
     name = (SNAPSHOT_EPOCH.sub("", Path(options.snapshot).name) if options.snapshot
             else options.preset or options.backbone)
     checkpoint = str(snapshots / f"{name}_{{epoch:02d}}.keras")
-    callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint))
+    callbacks.append(FiniteCheckpoint(checkpoint))
     if options.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir))
     if options.time_limit:
@@ -254,6 +271,11 @@ def train(options: TrainOptions) -> TrainResult:
         batches, epochs=options.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
         shuffle=False, callbacks=callbacks, verbose=options.verbose,
     )
+    if not finite_loss({"loss": history.history["loss"][-1]}):
+        raise TrainingError(
+            f"training stopped in epoch {initial_epoch + len(history.history['loss'])}: the loss "
+            f"became {history.history['loss'][-1]} (diverged; try a lower --lr than "
+            f"{options.lr:g}); no snapshot was written for that epoch")
     written = sorted(snapshots.glob(f"{name}_*.keras"), key=lambda p: p.stat().st_mtime)
     return TrainResult(
         model=model,

@@ -210,3 +210,56 @@ def test_verbs_that_run_tensorflow_are_quiet_unless_verbose(model_path, tmp_path
     verbose = subprocess.run([*argv, "-v"],  # noqa: S603
                              capture_output=True, text=True, env=env, check=False)
     assert verbose.returncode == 0 and "] " in verbose.stderr  # TF's native log lines
+
+
+def test_bad_numbers_and_outputs_are_one_line_errors(model_path, data_dir, tmp_path, capsys):
+    train = ["train", "--dataset", "detector_toy_ava", "--data-dir", data_dir]
+    for flag, value in (("--lr", "nan"), ("--lr", "-1e-3"), ("--lr", "inf"),
+                        ("--backbone-width", "0"), ("--epochs", "0"), ("--eval-every", "-1")):
+        one_line_error(capsys, [*train, f"{flag}={value}"], f"argument {flag}", repr(value))
+    image = tmp_path / "photo.png"
+    Image.fromarray(next(examples(seed=8, count=1))[2]).save(image)
+    predict = ["predict", "--model", model_path, str(image)]
+    one_line_error(capsys, [*predict, "--out", str(tmp_path), "--min-score", "2"], "--min-score")
+    one_line_error(capsys, ["predict", "--model", model_path, "--video", "abcdefghijk.mp4",
+                            "--seconds", "0-99999999999", "--out", str(tmp_path)],
+                   "--seconds", "more than 86400 seconds")
+    one_line_error(capsys, [*predict, "--out", str(image)], str(image), "not a folder")
+    one_line_error(capsys, [*train, "--snapshot-path", str(image)], str(image), "not a folder")
+    one_line_error(capsys, ["export", "--model", model_path, "--out", str(image / "x")],
+                   str(image), "cannot create")
+
+
+def test_damaged_model_and_decompression_bomb_are_one_line_errors(model_path, tmp_path, capsys,
+                                                                   monkeypatch):
+    import zipfile
+
+    from PIL import Image as PILImage
+
+    data = bytearray(open(model_path, "rb").read())
+    with zipfile.ZipFile(model_path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.compress_size)
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 100] ^= 0xFF
+    damaged = tmp_path / "damaged.keras"
+    damaged.write_bytes(bytes(data))
+    image = tmp_path / "photo.png"
+    Image.fromarray(next(examples(seed=9, count=1))[2]).save(image)
+    out = str(tmp_path / "out")
+    one_line_error(capsys, ["predict", "--model", str(damaged), str(image), "--out", out],
+                   "damaged.keras", "damaged model file", "CRC")
+    one_line_error(capsys, ["export", "--model", str(damaged), "--out", out], "damaged.keras")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # the image has 96 x 96 pixels
+    one_line_error(capsys, ["predict", "--model", model_path, str(image), "--out", out],
+                   "photo.png", "refused", "decompression bomb")
+
+
+@pytest.mark.slow
+def test_training_that_diverges_stops_with_an_error_and_no_snapshot(data_dir, tmp_path,
+                                                                    capsys):
+    snapshots = tmp_path / "snapshots"
+    one_line_error(capsys, ["train", "--dataset", "detector_toy_ava", "--data-dir", data_dir,
+                            *TINY, "--epochs", "2", "--steps", "3", "--batch-size", "4",
+                            "--lr", "1e30", "--val-split", "none",
+                            "--snapshot-path", str(snapshots)],
+                   "training stopped in epoch 1", "loss became nan", "lower --lr")
+    assert not list(snapshots.iterdir())
