@@ -234,6 +234,20 @@ class Remote:
         self.hosts = HOSTS if hosts is None else hosts
         self._sleep = sleep
         self._opener = urllib.request.build_opener(_SafeRedirects)
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Make every transfer of this Remote stop at its next read or attempt (GaveUp), so
+        that threads end promptly on Ctrl-C instead of finishing their downloads."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _check_cancelled(self, what: str) -> None:
+        if self.cancelled:
+            raise GaveUp(f"{what}: cancelled")
 
     def open(self, url: str, headers: Mapping[str, str], deadline: Deadline
              ) -> http.client.HTTPResponse:
@@ -266,6 +280,7 @@ class Remote:
         server meets the deadline); counted in ``meter``."""
         while True:
             deadline.check(what)
+            self._check_cancelled(what)
             try:
                 chunk = response.read1(CHUNK)
             except (OSError, http.client.HTTPException) as error:
@@ -282,6 +297,7 @@ class Remote:
         failures = 0
         while True:
             deadline.check(url)
+            self._check_cancelled(url)
             try:
                 return attempt()
             except Transient as error:

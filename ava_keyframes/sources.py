@@ -194,7 +194,10 @@ class VideoCache:
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
             return list(pool.map(one, unique))
-        finally:  # on Ctrl-C, start nothing new; partial files stay for the next run
+        except BaseException:  # Ctrl-C: running downloads stop; partial files stay for later
+            self.remote.cancel()
+            raise
+        finally:
             pool.shutdown(wait=False, cancel_futures=True)
             bars.close()
 

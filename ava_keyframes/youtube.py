@@ -70,6 +70,8 @@ def _attempt(remote: Remote, url: str, work: Path, meter: Meter, deadline: Deadl
             deadline.expect(status["total_bytes"])
         if deadline.remaining() <= 0:
             raise yt_dlp.utils.DownloadCancelled(f"deadline of {deadline.seconds:.0f} s passed")
+        if remote.cancelled:
+            raise yt_dlp.utils.DownloadCancelled("cancelled")
 
     options = {
         "outtmpl": {"default": "video.%(ext)s"}, "paths": {"home": str(work), "temp": str(work)},

@@ -8,6 +8,7 @@ import http.server
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -196,22 +197,64 @@ def test_content_length_longer_than_the_body_ends_after_a_bounded_number_of_requ
     assert not (tmp_path / "videos").exists()
 
 
-def test_a_trickling_server_meets_the_deadline(tmp_path, serve):
-    def trickle(handler, number):
-        handler.send_response(200)
-        handler.send_header("Content-Length", "1000000")
-        handler.end_headers()
-        for _ in range(100):  # at most 10 s, should the client not hang up
-            handler.wfile.write(b"x" * 1024)
-            handler.wfile.flush()
-            time.sleep(0.1)
+def trickle(handler, number):
+    """1 KiB every 0.1 s of an announced megabyte (at most 10 s, should the client stay)."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000000")
+    handler.end_headers()
+    for _ in range(100):
+        handler.wfile.write(b"x" * 1024)
+        handler.wfile.flush()
+        time.sleep(0.1)
 
+
+def test_a_trickling_server_meets_the_deadline(tmp_path, serve):
     server = serve(trickle)
     result = cache_on(server, tmp_path, read_timeout=2, deadline=0.5,
                       min_rate=1e12).fetch(GOOD)
     assert result.status == "unavailable" and result.transient
     assert "deadline" in result.reason
     assert len(server.requests) == 1  # the deadline is per file: no more attempts
+
+
+def test_cancel_stops_a_running_download_at_its_next_read(tmp_path, serve):
+    server = serve(trickle)
+    cache = cache_on(server, tmp_path, deadline=60)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(cache.fetch(GOOD)))
+    worker.start()
+    for _ in range(600):
+        if server.requests:
+            break
+        time.sleep(0.05)
+    cache.remote.cancel()
+    worker.join(30)
+    assert results and results[0].transient and "cancelled" in results[0].reason
+    assert len(server.requests) == 1 and (tmp_path / "partial" / f"{GOOD}.mkv").exists()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+def test_ctrl_c_during_fetch_many_stops_its_threads(tmp_path, serve):
+    server = serve(trickle)
+    cache = cache_on(server, tmp_path, deadline=60)
+    main = threading.get_ident()
+
+    def interrupt() -> None:
+        for _ in range(600):
+            if server.requests:
+                break
+            time.sleep(0.05)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    before = set(threading.enumerate())
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        cache.fetch_many([GOOD, OTHER], jobs=2, progress=False)
+    workers = [t for t in set(threading.enumerate()) - before
+               if t.name.startswith("ThreadPoolExecutor")]
+    for worker in workers:
+        worker.join(30)
+    assert not any(worker.is_alive() for worker in workers)
 
 
 def test_a_huge_retry_after_is_not_waited_for(tmp_path, serve, video):
