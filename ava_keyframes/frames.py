@@ -85,7 +85,8 @@ def extract_keyframes(
     check_max_side(max_side)
     with open_video(path) as video:
         start = video.start if origin is None else Fraction(origin)
-        answers = Answers(video, [start + w.exact for w in wanted], origin=start)
+        answers = Answers(video, [start + w.exact for w in wanted],
+                          origin=None if origin is None else start)
         previous = image = None
         for index, frame in answers:
             # a frame answering several seconds: each gets its own array
@@ -93,7 +94,7 @@ def extract_keyframes(
             previous = frame
             yield wanted[index].given, image
         if answers.unanswered:
-            missing = [wanted[i].given for i in answers.unanswered]
+            missing = [wanted[i].given for i in sorted(answers.unanswered)]
             raise MissingKeyframes(f"{video.path}: no frame for second(s) "
                                    f"{_listed(missing)} ({answers.why_missing()})", missing)
 
@@ -162,22 +163,26 @@ def open_video(path: str | os.PathLike) -> Video:
 class Answers:
     """Iterate ``(index, frame)``: for each of ``times`` (ascending, in the file's timeline)
     the first frame at or after it, in order of index, from one decode per run of close
-    times. ``origin`` is where the video (as the caller counts it) starts: times before the
-    file's first frame are answered by it only if the file starts there.
+    times. ``origin``: where the video starts in the file's timeline if the file may hold
+    only a part of it (a window): times outside the part it holds surely go unanswered
+    rather than answered by a later frame. None: the file is the whole video.
 
     Afterwards ``unanswered`` lists the indices that got no frame, and ``last_frame`` holds
     the file's last frame if a run decoded to the end of the file without error.
     """
 
-    def __init__(self, video: Video, times: list[Fraction], *, origin: Fraction) -> None:
+    def __init__(self, video: Video, times: list[Fraction], *,
+                 origin: Fraction | None) -> None:
         self.video = video
         self.times = times
         self.unanswered: list[int] = []
         self.last_frame: av.VideoFrame | None = None
         self.last_time: Fraction | None = None
         self.problems: list[str] = []
-        self.origin = origin
-        self._earliest = video.start if video.start > origin else None
+        self.origin = video.start if origin is None else origin
+        part = origin is not None  # the file may hold only part of the video
+        self._earliest = video.start if part and video.start > origin else None
+        self._latest = video.complete_until() if part else None
 
     def __iter__(self) -> Iterator[tuple[int, av.VideoFrame]]:
         for run in self._runs():
@@ -188,7 +193,8 @@ class Answers:
         frame of a file that does not start the video go to ``unanswered``."""
         run: deque[int] = deque()
         for index, time in enumerate(self.times):
-            if self._earliest is not None and time < self._earliest:
+            if (self._earliest is not None and time < self._earliest
+                    or self._latest is not None and time > self._latest):
                 self.unanswered.append(index)
                 continue
             if run and time - self.times[run[-1]] > SEEK_GAP:
@@ -215,10 +221,12 @@ class Answers:
         """Why ``unanswered`` got no frame, for a message (times counted from ``origin``)."""
         if self.problems:
             return f"truncated or corrupt file: {self.problems[0]}"
-        origin = self.origin
-        if self._earliest is not None and self.times[self.unanswered[0]] < self._earliest:
-            return (f"this file holds the video from {float(self._earliest - origin):.3f} s "
-                    "on")
+        origin, first = self.origin, self.times[min(self.unanswered)]
+        if (self._earliest is not None and first < self._earliest
+                or self._latest is not None and self.times[max(self.unanswered)] > self._latest):
+            held_from = self.video.start if self._earliest is None else self._earliest
+            return (f"this file holds the video from {float(held_from - origin):.3f} s to "
+                    f"{float(self._latest - origin):.3f} s")
         end, declared = self.last_time, self.video.declared_end
         if end is not None and declared is not None and end + 1 < declared:
             return (f"truncated file: frames end at {float(end - origin):.3f} s, "

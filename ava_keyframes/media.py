@@ -90,6 +90,26 @@ class Video:
             return None
         return Fraction(container.duration + (container.start_time or 0), av.time_base)
 
+    def complete_until(self) -> Fraction:
+        """The time up to which every frame of the video is in this file, for a file that
+        may be a part cut from a longer video in decoding order (whose tail can then lack
+        frames that precede later ones): its last key frame, or with open GOPs (frames after
+        a key frame in decoding order but before it in time) the one before. Reads the
+        file's packets once."""
+        self._container.seek(math.floor(self._first_key / self._time_base), stream=self._stream)
+        keys, leading = [], False
+        for packet in self.packets():
+            if packet.pts is None:
+                continue
+            time = packet.pts * self._time_base
+            if packet.is_keyframe:
+                keys.append(time)
+            elif keys and time < keys[-1]:
+                leading = len(keys) > 1
+        if not keys:
+            return self.start
+        return keys[-2] if leading else keys[-1]
+
     def _first_frame(self) -> tuple[Fraction, Fraction]:
         """(time of the first frame decoded from the file's start, time of the first packet
         with a timestamp): where seconds count from, and how to tell a seek reached the start."""
