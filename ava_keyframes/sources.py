@@ -284,8 +284,9 @@ class VideoCache:
         try:
             download_whole(self.remote, url, partial, meter)
             _check_decodes(partial.path, seconds)
-        except (Permanent, Refused):
-            partial.discard()
+        except RemoteError as error:
+            if not error.transient or partial.length == 0:  # nothing worth resuming
+                partial.discard()
             raise
         finally:
             partial.close()
@@ -304,8 +305,9 @@ class VideoCache:
         try:
             file = youtube.download(self.remote, url, work, meter)
             _check_decodes(file, seconds)
-        except (Permanent, Refused):
-            _remove_folder(work)
+        except RemoteError as error:
+            if not error.transient or not any(work.iterdir()):  # nothing worth resuming
+                _remove_folder(work)
             raise
         final = self.store.publish(file, video_id + file.suffix)
         _remove_folder(work)

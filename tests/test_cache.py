@@ -319,6 +319,7 @@ def test_an_unreachable_host_is_marked_down_after_a_few_tries(tmp_path, caplog, 
     lines = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(lines) == 1 and url.removeprefix("http://") in lines[0]
     assert not (tmp_path / "unavailable.json").exists()  # an outage is not a verdict
+    assert leftovers(tmp_path) == []  # nothing to resume
 
 
 def test_a_name_that_does_not_resolve_is_marked_down_too(tmp_path, caplog, monkeypatch):

@@ -128,7 +128,7 @@ def _holds_open(pid: int, path: Path) -> bool:
         fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return False
-    return any(os.path.realpath(fd) == str(path) for fd in fds if fd.is_symlink())
+    return any(os.readlink(fd) == os.path.realpath(path) for fd in fds if fd.is_symlink())
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
