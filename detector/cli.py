@@ -216,11 +216,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ava_keyframes.frames import KeyframeError, MissingKeyframes
+    from detector.plots import draw_keyframe
     from detector.predict import (
         InputError,
         detect_images,
         detections_table,
-        draw_keyframe,
         read_images,
         video_keyframes,
         write_detections_csv,

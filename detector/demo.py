@@ -79,37 +79,26 @@ def build_dataset(corpus_root: Path, work: Path) -> tuple[str, dict]:
     return str(data_dir), json.loads(report.read_text())
 
 
-def _grid(pictures: list[np.ndarray], columns: int = 4, gap: int = 8) -> np.ndarray:
-    """Pictures side by side, ``columns`` a row, on white with ``gap`` pixels between them."""
-    height = max(p.shape[0] for p in pictures) + gap
-    width = max(p.shape[1] for p in pictures) + gap
-    rows = -(-len(pictures) // columns)
-    grid = np.full((rows * height - gap, min(columns, len(pictures)) * width - gap, 3), 255,
-                   np.uint8)
-    for n, picture in enumerate(pictures):
-        top, left = divmod(n, columns)
-        top, left = top * height, left * width
-        grid[top : top + picture.shape[0], left : left + picture.shape[1]] = picture
-    return grid
-
-
-def keyframe_pictures(model, data_dir: str, count: int) -> np.ndarray:
-    """A grid of held-out keyframes: ground truth in white, detections in colour with
-    their action names and scores."""
+def keyframe_pictures(model, data_dir: str, count: int, min_score: float = 0.3) -> np.ndarray:
+    """A grid of held-out keyframes at their own resolution, each captioned with its video id
+    and second: ground truth as white outlines, detections in their class's colour with
+    names and scores, and a legend of both."""
     import tensorflow_datasets as tfds
 
-    from detector.predict import detect_images, draw_keyframe
+    from detector.plots import draw_keyframe, drawn_classes, keyframe_grid
+    from detector.predict import detect_images
 
     builder = tfds.builder(f"ava_keyframes/{CONFIG}", data_dir=data_dir)
-    names = [builder.info.features["objects"]["labels"].feature.int2str(i)
-             for i in range(builder.info.features["objects"]["labels"].feature.num_classes)]
     examples = list(tfds.as_numpy(builder.as_dataset(split="validation").take(count)))
     items = [(e["video_id"].decode(), int(e["timestamp"]), e["image"]) for e in examples]
-    pictures = []
+    tiles, shown = [], set()
     for example, (image, keyframe) in zip(examples, detect_images(model, items), strict=True):
         truth = example["objects"]["box_pixels"]
-        pictures.append(draw_keyframe(image, keyframe, names, truth_pixels=truth))
-    return _grid(pictures)
+        picture = draw_keyframe(image, keyframe, model.class_names, min_score=min_score,
+                                truth_pixels=truth)
+        tiles.append((picture, f"{keyframe.video_id}  second {keyframe.second}"))
+        shown |= drawn_classes(keyframe, min_score)
+    return keyframe_grid(tiles, [(model.class_names[i], i) for i in sorted(shown)])
 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResult:

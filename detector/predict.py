@@ -237,44 +237,6 @@ def image_keyframe(path: Path) -> tuple[str, int]:
     return path.stem, 0
 
 
-def draw_keyframe(
-    image: np.ndarray,
-    keyframe: Keyframe,
-    names: list[str],
-    *,
-    min_score: float = 0.3,
-    truth_pixels: np.ndarray | None = None,
-) -> np.ndarray:
-    """`image` (HxWx3 uint8) with each detected box above `min_score` in colour, labelled
-    with its classes and scores (one box, several lines when a person has several actions),
-    and, when given, ground-truth boxes (`[x1, y1, x2, y2]` pixels) in white."""
-    from PIL import Image, ImageDraw
-
-    picture = Image.fromarray(image)
-    draw = ImageDraw.Draw(picture)
-    for x1, y1, x2, y2 in truth_pixels if truth_pixels is not None else ():
-        draw.rectangle([x1, y1, x2, y2], outline=(255, 255, 255), width=1)
-    height, width = image.shape[:2]
-    labels: dict[tuple[float, ...], list[str]] = {}
-    for box, score, index in zip(keyframe.boxes, keyframe.scores, keyframe.classes, strict=True):
-        if score >= min_score:
-            labels.setdefault(tuple(np.round(box, 4)), []).append(f"{names[index]} {score:.2f}")
-    palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-               (145, 30, 180), (70, 240, 240), (240, 50, 230)]
-    for n, (box, lines) in enumerate(labels.items()):
-        colour = palette[n % len(palette)]
-        x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
-        text = "\n".join(lines)
-        _, top, _, bottom = draw.multiline_textbbox((0, 0), text)
-        # above the box where there is room, so the label does not hide the person
-        anchor = (x1 + 1, y1 - (bottom - top) - 4 if y1 - (bottom - top) - 4 >= 0 else y1 + 2)
-        left, top, right, bottom = draw.multiline_textbbox(anchor, text)
-        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=colour)
-        draw.multiline_text(anchor, text, fill=(0, 0, 0))
-    return np.asarray(picture)
-
-
 def export(model: MultiLabelRetinaNet, out: str | Path) -> tuple[Path, Path]:
     """Write `out/model.keras` and a SavedModel `out/saved_model` whose `serve` (and
     `serving_default`) signature maps a uint8 image batch to detections, and whose

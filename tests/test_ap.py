@@ -341,8 +341,11 @@ def test_result_outputs(tmp_path):
     json.dumps(payload, allow_nan=False)
     table = result.to_markdown()
     assert "| walk | 1 | 1.0000 |" in table and "**0.5000**" in table
-    plot_ap(result, tmp_path / "ap.png")
+    figure = plot_ap(result, tmp_path / "ap.png")
     assert (tmp_path / "ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    [axes], [legend] = figure.axes, figure.legends
+    renderer = figure.canvas.get_renderer()
+    assert not legend.get_window_extent(renderer).overlaps(axes.get_window_extent(renderer))
     written = plot_pr_curves(result, tmp_path / "pr")
     assert sorted(p.name for p in written) == ["sit.png", "walk.png"]
 

@@ -183,7 +183,8 @@ def test_user_mistakes_are_one_line_errors(model_path, data_dir, tmp_path, capsy
 
 
 def test_pictures_show_truth_in_white_and_one_label_per_box():
-    from detector.predict import Keyframe, draw_keyframe
+    from detector.plots import draw_keyframe
+    from detector.predict import Keyframe
 
     image = np.full((60, 80, 3), 100, np.uint8)
     keyframe = Keyframe("x" * 11, 902, boxes=np.array([[0.5, 0.5, 0.9, 0.9]] * 2),
@@ -263,3 +264,30 @@ def test_training_that_diverges_stops_with_an_error_and_no_snapshot(data_dir, tm
                             "--snapshot-path", str(snapshots)],
                    "training stopped in epoch 1", "loss became nan", "lower --lr")
     assert not list(snapshots.iterdir())
+
+
+def test_pictures_colour_by_class_scale_with_the_image_and_keep_labels_inside():
+    from detector.plots import class_colour, draw_keyframe, keyframe_grid
+    from detector.predict import Keyframe
+
+    names = ["sit", "a class with a long name, for a long label"]
+    corner = Keyframe("x" * 11, 902, boxes=np.array([[0.9, 0.0, 1.0, 0.1], [0.1, 0.5, 0.3, 0.9]]),
+                      scores=np.array([0.9, 0.8]), classes=np.array([1, 0]))
+    small = draw_keyframe(np.full((240, 320, 3), 100, np.uint8), corner, names)
+    for index in (0, 1):  # each class's colour is on the picture, whatever the order
+        assert (small == class_colour(index)).all(axis=-1).any()
+    label = np.flatnonzero((small == class_colour(1)).all(axis=-1).any(axis=0))
+    assert label.max() == 319 and label.min() < 320 - 150  # pushed inside, not cut at the edge
+    truth = np.array([[100.0, 100.0, 600.0, 800.0]])
+    widths = []
+    for height, width in ((240, 320), (960, 1280)):
+        picture = draw_keyframe(np.full((height, width, 3), 100, np.uint8), corner, names,
+                                min_score=1.0, truth_pixels=truth * height / 960)
+        column = picture[:, width // 4, 0]
+        widths.append(int(np.count_nonzero(column == 255)) // 2)  # top and bottom edges
+    assert widths == [1, 4]
+    tiles = [(np.full((240, 320, 3), (10 * n, 200, 50), np.uint8), f"tile {n}") for n in range(5)]
+    grid = keyframe_grid(tiles, [("sit", 0)])
+    for n, _ in enumerate(tiles):  # every tile whole, at its own resolution
+        assert (grid == (10 * n, 200, 50)).all(axis=-1).sum() == 240 * 320
+    assert grid.shape[1] >= 4 * 320
