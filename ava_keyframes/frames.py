@@ -23,10 +23,11 @@ frames) goes unnoticed here too.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -44,6 +45,10 @@ SEEK_GAP = 4
 gap. A seek costs decoding from the key frame before it; on the 640x360 H.264 video of
 ``benchmarks/extract.py`` (key frame every 2 s) the break-even lay between 4 and 6 s.
 Heavier videos (slower decoding) move it lower, longer key frame intervals higher."""
+
+SKIP_UNWANTED = True
+"""Leave undecoded the non-reference frames (about half of an x264 video's) that answer no
+requested time: the same answers for less decoding. False decodes every frame."""
 
 _INTERPOLATION = "BICUBIC"
 """swscale's scaler for ``max_side``: the ffmpeg command line's default, so that a frame
@@ -160,6 +165,14 @@ def open_video(path: str | os.PathLike) -> Video:
         raise KeyframeError(str(error)) from None
 
 
+def _wanted(times: list[Fraction]) -> Callable[[Fraction, Fraction], bool]:
+    """Whether some of ``times`` (ascending) lies in ``(lo, hi]``."""
+    def wanted(lo: Fraction, hi: Fraction) -> bool:
+        index = bisect.bisect_right(times, lo)
+        return index < len(times) and times[index] <= hi
+    return wanted
+
+
 class Answers:
     """Iterate ``(index, frame)``: for each of ``times`` (ascending, in the file's timeline)
     the first frame at or after it, in order of index, from one decode per run of close
@@ -206,7 +219,8 @@ class Answers:
 
     def _run(self, run: deque[int]) -> Iterator[tuple[int, av.VideoFrame]]:
         frame = time = None
-        for time, frame in self.video.frames_from(self.times[run[0]]):
+        wanted = _wanted([self.times[i] for i in run]) if SKIP_UNWANTED else None
+        for time, frame in self.video.frames_from(self.times[run[0]], wanted):
             while run and self.times[run[0]] <= time:
                 yield run.popleft(), frame
             if not run:

@@ -15,11 +15,19 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
+
+Wanted = Callable[[Fraction, Fraction], bool]
+"""``wanted(lo, hi)``: whether some time in ``(lo, hi]`` needs a frame."""
+
+LOOKAHEAD = 16
+"""Packets held back to estimate each frame's predecessor in time (H.264's reordering is
+at most 16 frames deep)."""
 
 
 class VideoError(Exception):
@@ -124,16 +132,63 @@ class Video:
         raise VideoError(f"{self.path}: not a decodable video "
                          f"({self.problem or 'no frame decodes'})")
 
-    def frames_from(self, time: Fraction) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+    def frames_from(self, time: Fraction, wanted: Wanted | None = None
+                    ) -> Iterator[tuple[Fraction, av.VideoFrame]]:
         """``(time, frame)`` in presentation order, among them every frame at or after
-        ``time``, until the end of the file or the first error (then in ``problem``)."""
+        ``time``, until the end of the file or the first error (then in ``problem``).
+
+        With ``wanted``, a frame that no wanted time needs (``wanted(lo, hi)`` is False for
+        an interval holding every time it could answer) and that no other frame refers to
+        is not decoded at all (the decoder's ``skip_frame=NONREF``, set packet by packet):
+        the frames that come out are the same, minus frames nobody asked for.
+        """
         key, packets, after = self._seek(time)
         if key is None:
             return
-        for packet in _chain(key, packets):
+        codec = self._stream.codec_context
+        for packet, skip in self._skippable(_chain(key, packets), wanted):
+            codec.skip_frame = "NONREF" if skip else "DEFAULT"
             yield from self.decoded(packet, after)
             if self.problem:
+                break
+        codec.skip_frame = "DEFAULT"
+
+    def _skippable(self, packets: Iterator[av.Packet], wanted: Wanted | None
+                   ) -> Iterator[tuple[av.Packet, bool]]:
+        """Each packet, and whether its frame may be skipped if it is not a reference.
+
+        A frame at ``hi`` answers times in ``(previous frame's time, hi]``. The previous
+        frame in time is estimated as the latest earlier timestamp among the packets
+        ``LOOKAHEAD`` either side in decoding order: never later than the true one, so the
+        interval asked about can only be wider than the true one (skipping less, never
+        wrongly). Packets are held back ``LOOKAHEAD`` deep to see those ahead.
+        """
+        if wanted is None:
+            yield from ((packet, False) for packet in packets)
+            return
+        ahead: deque[av.Packet] = deque()
+        behind: deque[int] = deque(maxlen=LOOKAHEAD)
+        for packet in _chain_end(packets):
+            if packet is not None:
+                ahead.append(packet)
+                if len(ahead) <= LOOKAHEAD:
+                    continue
+            if not ahead:
                 return
+            head = ahead.popleft()
+            yield head, self._unwanted(head, behind, ahead, wanted)
+            if head.pts is not None:
+                behind.append(head.pts)
+
+    def _unwanted(self, packet: av.Packet, behind: deque[int], ahead: deque[av.Packet],
+                  wanted: Wanted) -> bool:
+        hi = packet.pts
+        if hi is None or packet.size == 0 or packet.is_keyframe:
+            return False
+        earlier = [pts for pts in behind if pts < hi]
+        earlier += [p.pts for p in ahead if p.pts is not None and p.pts < hi]
+        return bool(earlier) and not wanted(max(earlier) * self._time_base,
+                                            hi * self._time_base)
 
     def _seek(self, time: Fraction
               ) -> tuple[av.Packet | None, Iterator[av.Packet], Fraction | None]:
@@ -192,6 +247,13 @@ class Video:
 def _chain(first: av.Packet, rest: Iterator[av.Packet]) -> Iterator[av.Packet]:
     yield first
     yield from rest
+
+
+def _chain_end(packets: Iterator[av.Packet]) -> Iterator[av.Packet | None]:
+    """The packets, then None forever (to empty a look-ahead buffer)."""
+    yield from packets
+    while True:
+        yield None
 
 
 def open_video(path: str | os.PathLike) -> Video:

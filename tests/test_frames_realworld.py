@@ -20,7 +20,7 @@ import pytest
 
 import ava_keyframes.frames as frames
 from ava_keyframes.frames import MissingKeyframes, extract_keyframes
-from ava_keyframes.media import VideoError, check_video, ffmpeg_binary, open_video
+from ava_keyframes.media import Video, VideoError, check_video, ffmpeg_binary, open_video
 
 SOURCE = Path(__file__).parent / "data" / "video" / "bigbuckbunny.mp4"
 SMALL = ["-vf", "scale=320:180"]
@@ -150,6 +150,30 @@ def test_every_answer_matches_an_independent_full_decode(cases, references, name
     wrong = sorted(s for s in want if got.get(s) != want[s])
     assert not wrong, f"{len(wrong)} of {len(want)} seconds wrong, first {wrong[:5]}"
     assert missing == want_missing and want_missing
+
+
+@pytest.mark.parametrize("name", ["b-pyramid-mp4", "open-gop-mkv", "vp9-altref-webm"])
+def test_frames_nobody_asked_for_are_not_decoded_and_answers_stay(cases, name, monkeypatch):
+    """Non-reference frames that answer no second are skipped (x264's B-frames: about
+    half), with answers identical to decoding every frame."""
+    decoded = []
+    original = Video.decoded
+
+    def counting(self, packet, after):
+        for item in original(self, packet, after):
+            decoded.append(item[0])
+            yield item
+
+    monkeypatch.setattr(Video, "decoded", counting)
+    seconds = [0.5, 1.5, 3, 4.2]
+    results = {}
+    for skip in (False, True):
+        monkeypatch.setattr(frames, "SKIP_UNWANTED", skip)
+        decoded.clear()
+        results[skip] = (extracted(cases[name], seconds), len(decoded))
+    assert results[True][0] == results[False][0]
+    if name != "vp9-altref-webm":  # libvpx's realtime VP9 has no non-reference frames
+        assert results[True][1] < 0.75 * results[False][1]
 
 
 def test_the_cases_are_what_they_claim(cases, references):
