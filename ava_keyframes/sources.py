@@ -13,6 +13,13 @@ only in ``videos/``) and :mod:`ava_keyframes.remote` (time, size and attempt lim
 enters the cache only once its size matches and its first frame decodes and it demuxes cleanly
 through the last second the caller needs (to its end when the caller names none).
 
+When the caller names the seconds it needs, the mirror source fetches only the window of the
+video that they need (:mod:`ava_keyframes.window`: byte ranges, a stream copy with a sidecar,
+in ``windows/``), extended by what is missing when later seconds fall outside it; a whole file
+in ``videos/`` still wins. ``fetch="whole"`` (``AVA_KEYFRAMES_FETCH=whole``, ``download --fetch
+whole``) downloads whole files instead, as does a server that ignores byte ranges (with a
+note). YouTube videos are always fetched whole.
+
 Failures never stop a batch. Transient ones (timeouts, resets, HTTP 5xx, 429, deadlines,
 unreachable hosts, a full disk) are retried within the limits, then reported with
 ``transient=True``. Permanent ones (HTTP 404, a removed or private YouTube video) are recorded
@@ -51,7 +58,17 @@ from ava_keyframes.cache import (
     download_whole,
 )
 from ava_keyframes.media import VideoError, check_video
-from ava_keyframes.remote import Hosts, Limits, Meter, Permanent, Refused, Remote, RemoteError
+from ava_keyframes.remote import (
+    Hosts,
+    Limits,
+    Meter,
+    NoRanges,
+    Permanent,
+    Refused,
+    Remote,
+    RemoteError,
+)
+from ava_keyframes.window import WindowError, fetch_window, read_window, sidecar_path
 
 SOURCE_NAMES = ("local", "mirror", "youtube")
 DEFAULT_MIRROR = "https://s3.amazonaws.com/ava-dataset/trainval/"
@@ -59,6 +76,8 @@ DEFAULT_YOUTUBE_TEMPLATE = "https://www.youtube.com/watch?v={id}"
 SOURCES_ENV = "AVA_KEYFRAMES_SOURCES"
 MIRROR_ENV = "AVA_KEYFRAMES_MIRROR"
 YOUTUBE_TEMPLATE_ENV = "AVA_KEYFRAMES_YOUTUBE_TEMPLATE"
+FETCH_MODES = ("window", "whole")
+FETCH_ENV = "AVA_KEYFRAMES_FETCH"
 
 
 @dataclass(frozen=True)
@@ -68,9 +87,11 @@ class FetchResult:
     ``status``: "cached", "downloaded" or "unavailable"; ``source``: "cache", "local", "mirror"
     or "youtube"; ``reason``: why it is unavailable; ``transient``: lost to a cause that may pass
     (outage, retries spent, deadline, 429, disk full), as opposed to a source not having it.
-    ``fetch_mode``: "cache", "local" or "whole" (the whole file was downloaded);
-    ``bytes_fetched``: bytes received over the network for it in this call; ``origin``: to pass
-    to ``extract_keyframes`` (None: the file's own first frame).
+    ``fetch_mode``: "cache", "local", "whole" (the whole file was downloaded) or "window" (only
+    the span its seconds need, see :mod:`ava_keyframes.window`); ``note``: why a window was not
+    fetched where one was asked for; ``bytes_fetched``: bytes received over the network for it
+    in this call; ``origin``: to pass to ``extract_keyframes`` (None: the file's own first
+    frame).
     """
 
     id: str
@@ -82,6 +103,7 @@ class FetchResult:
     fetch_mode: str | None = None
     bytes_fetched: int = 0
     transient: bool = False
+    note: str | None = None
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status,
@@ -89,7 +111,7 @@ class FetchResult:
                 "source": self.source, "reason": self.reason,
                 "origin": None if self.origin is None else str(self.origin),
                 "fetch_mode": self.fetch_mode, "bytes_fetched": self.bytes_fetched,
-                "transient": self.transient}
+                "transient": self.transient, "note": self.note}
 
 
 class _Got(NamedTuple):
@@ -98,6 +120,7 @@ class _Got(NamedTuple):
     path: Path
     mode: str
     origin: Fraction | None = None
+    note: str | None = None
 
 
 class _Progress:
@@ -138,19 +161,21 @@ def mirror_file_names() -> dict[str, str]:
 class VideoCache:
     """Resolve AVA video ids to local files through local folder, CVDF mirror and YouTube.
 
-    ``None`` for ``sources``, ``mirror`` or ``youtube_template`` reads the environment variables
-    AVA_KEYFRAMES_SOURCES, AVA_KEYFRAMES_MIRROR and AVA_KEYFRAMES_YOUTUBE_TEMPLATE, then the
-    defaults; ``limits`` None reads :meth:`Limits.from_env`. ``sleep`` is how waiting between
-    attempts is done (tests pass a recorder); ``hosts`` remembers unreachable hosts (the
-    process's by default). Nothing is written until a download starts, and nothing outside
-    ``cache_dir``.
+    ``None`` for ``sources``, ``mirror``, ``youtube_template`` or ``fetch`` reads the environment
+    variables AVA_KEYFRAMES_SOURCES, AVA_KEYFRAMES_MIRROR, AVA_KEYFRAMES_YOUTUBE_TEMPLATE and
+    AVA_KEYFRAMES_FETCH, then the defaults. ``fetch``: "window" (default) fetches from the
+    mirror only the window of a video that the given seconds need, into ``windows/``;
+    "whole" downloads whole files as before; ``limits`` None reads :meth:`Limits.from_env`.
+    ``sleep`` is how waiting between attempts is done (tests pass a recorder); ``hosts``
+    remembers unreachable hosts (the process's by default). Nothing is written until a
+    download starts, and nothing outside ``cache_dir``.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, sources: str | Sequence[str] | None = None,
                  mirror: str | None = None, youtube_template: str | None = None,
                  manual_dir: str | os.PathLike | None = None, retry_unavailable: bool = False, *,
                  limits: Limits | None = None, sleep: Callable[[float], object] = time.sleep,
-                 hosts: Hosts | None = None):
+                 hosts: Hosts | None = None, fetch: str | None = None):
         self.store = CacheDir(cache_dir)
         self.cache_dir = self.store.root
         self.sources = parse_sources(sources or os.environ.get(SOURCES_ENV) or SOURCE_NAMES)
@@ -165,6 +190,11 @@ class VideoCache:
                              "it must contain {id}")
         self.manual_dir = None if manual_dir is None else Path(manual_dir)
         self.retry_unavailable = retry_unavailable
+        self.fetch_mode = (fetch or os.environ.get(FETCH_ENV) or FETCH_MODES[0]).strip().lower()
+        if self.fetch_mode not in FETCH_MODES:
+            raise ValueError(f"invalid fetch mode {self.fetch_mode!r}: choose from "
+                             f"{', '.join(FETCH_MODES)}")
+        self.windows = self.store.root / "windows"
         self.remote = Remote(limits or Limits.from_env(), sleep=sleep, hosts=hosts)
         self.unavailable = Unavailable(self.store, ("mirror", "youtube"))
 
@@ -237,7 +267,7 @@ class VideoCache:
                 status, source = ("cached", "cache") if got.mode == "cache" else (
                     "downloaded", source)
                 return FetchResult(video_id, status, got.path, source, None, got.origin,
-                                   got.mode, meter.bytes)
+                                   got.mode, meter.bytes, note=got.note)
         return FetchResult(video_id, "unavailable", None, None, "; ".join(reasons),
                            bytes_fetched=meter.bytes, transient=transient)
 
@@ -268,14 +298,42 @@ class VideoCache:
                      ) -> _Got:
         listed = mirror_file_names().get(video_id)
         names = [listed] if listed else [video_id + ext for ext in VIDEO_EXTENSIONS]
+        window = bool(seconds) and self.fetch_mode == "window"
+        if window:  # a name with a window in the cache first: it may need no request
+            names.sort(key=lambda name: read_window(self.windows / name) is None)
         missing = []
         for name in names:
             url = self.mirror + urllib.parse.quote(name)
             try:
+                if window:
+                    return self._window(url, name, meter, seconds)
                 return self._whole(url, name, meter, seconds)
             except Permanent as error:
                 missing.append(str(error))
         raise Permanent("; ".join(missing))
+
+    def _window(self, url: str, name: str, meter: Meter, seconds: Sequence[float]) -> _Got:
+        """The window of ``url`` that ``seconds`` need, in ``windows/<name>`` (what the cached
+        window lacks, if anything). A server that ignores byte ranges, or a file that no
+        window can be cut from, is downloaded whole instead, with a note."""
+        path = self.store.folder(self.windows) / name
+        try:
+            window = fetch_window(url, seconds, path, remote=self.remote, meter=meter,
+                                  partial_dir=self.store.folder(self.store.partial))
+        except (NoRanges, WindowError) as error:
+            if error.transient:
+                raise
+            got = self._whole(url, name, meter, seconds)
+            return got._replace(note=f"fetched whole: {error}")
+        if not window.requests:
+            return _Got(path, "cache", window.origin)
+        try:
+            _check_decodes(path, seconds, window.origin)
+        except Refused:
+            path.unlink(missing_ok=True)
+            sidecar_path(path).unlink(missing_ok=True)
+            raise
+        return _Got(path, "window", window.origin)
 
     def _whole(self, url: str, name: str, meter: Meter, seconds: Sequence[float] | None
                ) -> _Got:
@@ -314,12 +372,14 @@ class VideoCache:
         return _Got(final, "whole")
 
 
-def _check_decodes(path: Path, seconds: Sequence[float] | None) -> None:
+def _check_decodes(path: Path, seconds: Sequence[float] | None,
+                   origin: Fraction | None = None) -> None:
     """Refused unless the first frame decodes and the file demuxes cleanly through the last
-    of ``seconds`` (None: to its end). A file cut short before a needed second fails here
-    even when the server announced that short size."""
+    of ``seconds`` (None: to its end; counted from ``origin``, see ``check_video``). A file
+    cut short before a needed second fails here even when the server announced that short
+    size."""
     try:
-        check_video(path, until=max(seconds) if seconds else None)
+        check_video(path, until=max(seconds) if seconds else None, origin=origin)
     except VideoError as error:
         raise Refused(str(error)) from None
 
