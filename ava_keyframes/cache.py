@@ -260,12 +260,17 @@ def write_json_atomically(path: Path, value: object) -> None:
     """Write ``value`` to a new temporary file beside ``path``, then rename it over ``path``."""
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as error:
+        raise _cache_error(path, error) from None
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(value, out, indent=1)
         check_regular(path)
         os.replace(temp, path)
     except OSError as error:
         raise _cache_error(path, error) from None
+    finally:
+        Path(temp).unlink(missing_ok=True)  # gone already when renamed
 
 
 def download_whole(remote: Remote, url: str, partial: Partial, meter: Meter) -> None:
@@ -278,13 +283,14 @@ def download_whole(remote: Remote, url: str, partial: Partial, meter: Meter) -> 
         deadline.expect(partial.total)
 
     def attempt() -> None:
-        try:
-            _one_request(remote, url, partial, meter, deadline)
-        except Unsatisfiable:
-            partial.restart(None, None)
-            raise
-        finally:
-            partial.checkpoint()
+        if partial.total is None or partial.length < partial.total:  # else: only verify
+            try:
+                _one_request(remote, url, partial, meter, deadline)
+            except Unsatisfiable:
+                partial.restart(None, None)
+                raise
+            finally:
+                partial.checkpoint()
         partial.verify_complete()
 
     remote.retrying(attempt, deadline, url)

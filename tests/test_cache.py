@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ava_keyframes import cli
+from ava_keyframes.cache import Partial
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Hosts, Limits
 from ava_keyframes.sources import VideoCache
@@ -177,6 +178,19 @@ def test_an_intact_partial_resumes_even_with_a_tail_written_after_its_record(
     assert result.path.read_bytes() == video
     assert server.requests == [(MKV, None), (MKV, f"bytes={half}-")]
     assert result.bytes_fetched == len(video) - half and result.fetch_mode == "whole"
+
+
+def test_a_complete_partial_is_verified_and_published_without_a_request(
+        tmp_path, serve, video):
+    server = serve(file_server(video))
+    (tmp_path / "partial").mkdir()
+    partial = Partial(tmp_path / "partial", f"{GOOD}.mkv")  # as a run killed before the rename
+    partial.restart(len(video), None, server.url + MKV)
+    partial.write(video)
+    partial.close()
+    result = cache_on(server, tmp_path).fetch(GOOD)
+    assert result.path.read_bytes() == video and result.bytes_fetched == 0
+    assert server.requests == [] and leftovers(tmp_path) == []
 
 
 def test_content_length_longer_than_the_body_ends_after_a_bounded_number_of_requests(
