@@ -30,16 +30,10 @@ import numpy as np
 import tensorflow as tf
 from keras_cv import bounding_box
 
-from detector.backbones import (
-    BOX_FORMAT,
-    ModelError,
-    build_backbone,
-    preset_backbone,
-    with_input_size,
-)
+from detector.backbones import BOX_FORMAT, ModelError, build_backbone, with_input_size
 from detector.kerascv import BOX_VARIANCE, encode_box_to_deltas, target_gather
 
-__all__ = ["BOX_FORMAT", "ModelError", "build_backbone", "preset_backbone"]
+__all__ = ["BOX_FORMAT", "ModelError", "build_backbone"]
 
 PRIOR_PROBABILITY = 0.01
 _PACKAGE = "detector"
@@ -319,6 +313,8 @@ class MultiLabelRetinaNet(keras_cv.models.RetinaNet):
 
     def get_compile_config(self):
         # Saved with the model so that a snapshot resumes with its optimizer state.
+        if not self.compiled:
+            return None
         return {
             "optimizer": keras.optimizers.serialize(self.optimizer),
             "jit_compile": bool(self.jit_compile),
