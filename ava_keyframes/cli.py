@@ -126,7 +126,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
         cache = VideoCache(args.cache, sources=args.sources, mirror=args.mirror,
                            youtube_template=args.youtube_url_template,
                            manual_dir=args.manual_dir, retry_unavailable=args.retry_unavailable,
-                           limits=limits)
+                           limits=limits, fetch=args.fetch)
         results = cache.fetch_many(ids, jobs=args.jobs, progress=True, seconds=seconds)
     console = sys.stderr if args.json else sys.stdout
     for result in results:
@@ -245,10 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=4, help="concurrent downloads (default 4)")
     p.add_argument("--retry-unavailable", action="store_true",
                    help="try again the videos recorded as unavailable")
+    p.add_argument("--fetch", choices=("window", "whole"),
+                   help="with --csv, 'window' fetches from the mirror only the span of each "
+                   "video that its keyframes need (into CACHE/windows/), 'whole' whole files "
+                   "(default: $AVA_KEYFRAMES_FETCH or window)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per video on stdout (FetchResult.to_json: status, "
-                   "path, source, reason, fetch_mode, bytes_fetched, transient); the lost "
-                   "videos and the total go to stderr")
+                   "path, source, reason, origin, fetch_mode, bytes_fetched, transient, "
+                   "note); the lost videos and the total go to stderr")
     for flag, (kind, meaning) in _LIMIT_FLAGS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, metavar="N",
                        help=f"{meaning} (default: $AVA_KEYFRAMES_{flag.upper()} or "

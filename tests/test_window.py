@@ -15,6 +15,7 @@ import av
 import numpy as np
 import pytest
 
+from ava_keyframes import cli
 from ava_keyframes.frames import extract_keyframes
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Limits, NoRanges, Remote, RemoteError
@@ -346,3 +347,20 @@ def test_whole_files_on_request_without_seconds_and_from_a_server_without_ranges
         (f"/{VIDEO_ID}.mp4", "bytes=0-16383"), (f"/{VIDEO_ID}.mp4", None)]
     with pytest.raises(ValueError, match="fetch mode"):
         video_cache(tmp_path / "d", server, fetch="some")
+
+
+def test_cli_download_fetches_windows_for_a_csv_and_whole_files_on_request(
+        tmp_path, mirror, capsys, monkeypatch):
+    monkeypatch.delenv("AVA_KEYFRAMES_FETCH", raising=False)
+    server, video = mirror
+    csv = tmp_path / "train.csv"
+    csv.write_text("".join(f"{VIDEO_ID},{s:04d},0.1,0.1,0.5,0.5,12,0\n" for s in (40, 55, 70)))
+    common = ["download", "--csv", str(csv), "--sources", "mirror", "--mirror", server.url,
+              "--json"]
+    assert cli.main([*common, "--cache", str(tmp_path / "a")]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert (line["fetch_mode"], Path(line["path"]).parent.name) == ("window", "windows")
+    assert 0 < line["bytes_fetched"] == server.bytes_sent < video.stat().st_size / 2
+    assert cli.main([*common, "--cache", str(tmp_path / "b"), "--fetch", "whole"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert (line["fetch_mode"], line["bytes_fetched"]) == ("whole", video.stat().st_size)
