@@ -36,7 +36,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_dir=args.data_dir, split=args.split,
         val_split=None if args.val_split.lower() == "none" else args.val_split,
         backbone=args.backbone, backbone_width=args.backbone_width, weights=args.weights,
-        preset=args.preset, snapshot=args.snapshot, freeze_backbone=args.freeze_backbone,
+        backbone_weights=args.backbone_weights, preset=args.preset, snapshot=args.snapshot,
+        freeze_backbone=args.freeze_backbone,
         random_transform=args.random_transform, epochs=args.epochs, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
         fpn_channels=args.fpn_channels, head_channels=args.head_channels,
@@ -291,9 +292,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
     p.add_argument("--backbone-width", type=positive_number, default=1.0,
                    help="channel multiplier of the backbone (e.g. 0.5 on CPU; default 1)")
-    p.add_argument("--weights", help="backbone weights file to start from (.weights.h5)")
-    p.add_argument("--preset", help="KerasCV preset to take the backbone from "
-                   "(e.g. retinanet_resnet50_pascalvoc); needs network access")
+    p.add_argument("--weights", metavar="FILE", help="start from a whole model: a .keras or "
+                   ".weights.h5 from train (for other classes the classification head starts "
+                   "afresh) or a keras-retinanet .h5 snapshot")
+    p.add_argument("--backbone-weights", metavar="FILE", help="Keras Applications ImageNet "
+                   "weights (.h5, as in ~/.keras/models/) for --backbone resnet50, resnet101, "
+                   "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
+    p.add_argument("--preset", help="KerasCV preset folder on disk (config.json, "
+                   "model.weights.h5...), or a preset name (downloads: needs network access)")
     p.add_argument("--snapshot", help="resume training from this .keras snapshot")
     p.add_argument("--freeze-backbone", action="store_true", help="do not train the backbone")
     p.add_argument("--random-transform", action="store_true",
