@@ -247,7 +247,7 @@ def train(options: TrainOptions) -> TrainResult:
     snapshots.mkdir(parents=True, exist_ok=True)
     # keras-retinanet's snapshot names: <backbone>_<epoch>.keras; a resumed run keeps its name
     name = (SNAPSHOT_EPOCH.sub("", Path(options.snapshot).name) if options.snapshot
-            else options.preset or options.backbone)
+            else Path(options.preset).name if options.preset else options.backbone)
     checkpoint = str(snapshots / f"{name}_{{epoch:02d}}.keras")
     callbacks.append(FiniteCheckpoint(checkpoint))
     if options.tensorboard_dir:
