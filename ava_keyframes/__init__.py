@@ -1,60 +1,75 @@
 """AVA Actions keyframes: label maps, annotations, videos, frames and the TFDS builder.
 
-Importing the package registers the TFDS dataset ``ava_keyframes`` (so ``tfds.load`` and
-``tfds build --imports ava_keyframes`` find it).
+Importing the package is cheap: each name below is imported from its module on first use,
+so ``ava-keyframes labelmap`` does not load TensorFlow Datasets or pandas. The TFDS dataset
+``ava_keyframes`` is still registered by ``import ava_keyframes`` (so ``tfds.load`` and
+``tfds build --imports ava_keyframes`` find it): at once when TensorFlow Datasets is
+already imported, else right after it is.
 """
 
-from ava_keyframes.annotations import (
-    AnnotationError,
-    Annotations,
-    Person,
-    Rejection,
-    check_video_id,
-    read_annotations,
-    read_excluded,
-)
-from ava_keyframes.ava_keyframes_dataset_builder import AvaKeyframesConfig, Builder, pixel_box
-from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
-from ava_keyframes.labelmap import (
-    LabelMap,
-    LabelMapError,
-    default_labelmap_path,
-    evaluation_labelmap_path,
-    read_labelmap,
-    write_classes_csv,
-)
-from ava_keyframes.media import VideoError, check_video, ffmpeg_binary
-from ava_keyframes.sources import FetchResult, VideoCache
-from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
-from ava_keyframes.synth import CorpusInfo, make_corpus
+from __future__ import annotations
 
-__all__ = [
-    "AnnotationError",
-    "Annotations",
-    "AvaKeyframesConfig",
-    "Builder",
-    "CorpusInfo",
-    "FetchResult",
-    "KeyframeError",
-    "LabelMap",
-    "LabelMapError",
-    "MissingKeyframes",
-    "Person",
-    "Rejection",
-    "VideoCache",
-    "VideoError",
-    "check_video",
-    "check_video_id",
-    "default_labelmap_path",
-    "evaluation_labelmap_path",
-    "extract_keyframes",
-    "ffmpeg_binary",
-    "make_corpus",
-    "pixel_box",
-    "read_annotations",
-    "read_excluded",
-    "read_frame_stamp",
-    "read_labelmap",
-    "write_classes_csv",
-    "write_stamped_video",
-]
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+from typing import Any
+
+_BUILDER_MODULE = "ava_keyframes.ava_keyframes_dataset_builder"
+_TFDS = "tensorflow_datasets"
+
+_EXPORTS = {
+    "annotations": ["AnnotationError", "Annotations", "Person", "Rejection", "check_video_id",
+                    "keyframe_key", "parse_keyframe_key", "read_annotations", "read_excluded"],
+    "ava_keyframes_dataset_builder": ["AvaKeyframesConfig", "Builder"],
+    "export": ["export_retinanet_csv"],
+    "features": ["MultiHotClassLabel", "keyframe_features"],
+    "frames": ["KeyframeError", "MissingKeyframes", "extract_keyframes"],
+    "labelmap": ["LabelMap", "LabelMapError", "default_labelmap_path",
+                 "evaluation_labelmap_path", "read_labelmap", "write_classes_csv"],
+    "media": ["VideoError", "check_video", "ffmpeg_binary"],
+    "plan": ["pixel_box"],
+    "sources": ["FetchResult", "VideoCache"],
+    "stamp": ["read_frame_stamp", "write_stamped_video"],
+    "synth": ["CorpusInfo", "make_corpus"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ava_keyframes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ava_keyframes.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _RegisterAfterTfds(importlib.abc.MetaPathFinder):
+    """Imports the builder module (which registers the dataset) once TFDS has loaded."""
+
+    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201 (importlib's API)
+        if name != _TFDS:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            run_module = spec.loader.exec_module
+
+            def exec_module(module):  # noqa: ANN001, ANN202
+                run_module(module)
+                importlib.import_module(_BUILDER_MODULE)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+if _TFDS in sys.modules:
+    importlib.import_module(_BUILDER_MODULE)
+elif not any(isinstance(finder, _RegisterAfterTfds) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterTfds())

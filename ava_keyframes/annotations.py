@@ -9,6 +9,7 @@ up either in ``Annotations.table`` or in ``Annotations.report``.
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 from collections import Counter
@@ -22,11 +23,14 @@ import pandas as pd
 from ava_keyframes.labelmap import LabelMap
 
 VIDEO_ID_RE = re.compile(r"[A-Za-z0-9_-]{11}")  # always used with fullmatch
+KEYFRAME_KEY_RE = re.compile(rf"(?P<video_id>{VIDEO_ID_RE.pattern})_(?P<second>[0-9]{{4,10}})")
+INT32_MAX = 2**31 - 1
+"""Largest timestamp, person id and action id: the dataset stores them as int32."""
 BOX_TOLERANCE = 0.01
 BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
 _FIELDS = ["video_id", "timestamp", *BOX_COLUMNS, "action_id"]
-_INTEGER = r"[+-]?\d+"
 _KINDS = ("groundtruth", "detections")
+_NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 
 Keyframe = tuple[str, int]
 
@@ -42,6 +46,21 @@ def check_video_id(video_id: str) -> str:
             f"invalid video id {video_id!r}: expected 11 characters of A-Z, a-z, 0-9, '_' or '-'"
         )
     return video_id
+
+
+def keyframe_key(video_id: str, second: int) -> str:
+    """The name of one keyframe: ``<video_id>_<ssss>`` (seconds zero-padded to 4 digits), the
+    TFDS example key, the exported image's stem and the name of a keyframe picture."""
+    return f"{check_video_id(video_id)}_{second:04d}"
+
+
+def parse_keyframe_key(key: str) -> Keyframe:
+    """``<video_id>_<ssss>`` -> (video_id, second); ValueError for anything else."""
+    match = KEYFRAME_KEY_RE.fullmatch(key)
+    if match is None or int(match["second"]) > INT32_MAX:
+        raise ValueError(f"{key!r} is not a keyframe key <video_id>_<ssss> such as "
+                         "'1j20qq1JyX4_0902'")
+    return match["video_id"], int(match["second"])
 
 
 @dataclass(frozen=True)
@@ -117,7 +136,7 @@ class Annotations:
         }
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, *, may_be_empty: bool = False) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -125,20 +144,22 @@ def _read_lines(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as error:
         raise AnnotationError(f"{path}: cannot read ({error})") from None
     lines = text.splitlines()
-    if not any(line.strip() for line in lines):
+    if not may_be_empty and not any(line.strip() for line in lines):
         raise AnnotationError(f"{path}: empty file, no AVA rows")
     return lines
 
 
 def read_excluded(path: str | Path) -> set[Keyframe]:
-    """Read an ``ava_*_excluded_timestamps`` CSV (``video_id,timestamp`` per line)."""
+    """Read an ``ava_*_excluded_timestamps`` CSV (``video_id,timestamp`` per line); a file
+    without rows is valid (no keyframe excluded)."""
     path = Path(path)
     excluded = set()
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(_read_lines(path, may_be_empty=True), start=1):
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split(",")]
-        valid = len(parts) == 2 and VIDEO_ID_RE.fullmatch(parts[0]) and parts[1].isdecimal()
+        valid = (len(parts) == 2 and VIDEO_ID_RE.fullmatch(parts[0])
+                 and re.fullmatch(r"[0-9]{1,10}", parts[1]) and int(parts[1]) <= INT32_MAX)
         if not valid:
             raise AnnotationError(
                 f"{path}:{number}: expected 'video_id,timestamp', found {line.strip()!r}"
@@ -166,17 +187,40 @@ class _Validator:
             self.reason[rows] = reason if isinstance(reason, str) else reason(rows)
 
 
-def _numbers(column: pd.Series) -> np.ndarray:
-    """Floats, NaN where a field is not a number (fast path when all of them are)."""
-    try:
-        return column.astype(np.float64).to_numpy()
-    except ValueError:
-        return pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+def _numbers(column: pd.Series, ascii_only: bool) -> np.ndarray:
+    """Floats, NaN where a field is not a plain decimal number (fast path when the file is
+    ASCII and every field is one; Python would also read full-width digits, 'nan', 'inf')."""
+    if ascii_only:
+        try:
+            values = column.astype(np.float64).to_numpy()
+            if np.isfinite(values).all():
+                return values
+        except ValueError:
+            pass
+    plain = column.str.strip().str.fullmatch(_NUMBER).to_numpy()
+    values = pd.to_numeric(column.where(plain, "nan"), errors="coerce").to_numpy(np.float64)
+    return np.where(np.isfinite(values), values, np.nan)
 
 
 def _quoted(prefix: str, values) -> Callable[[np.ndarray], list[str]]:
     """A lazy reason: ``prefix`` followed by each failing row's value, quoted."""
     return lambda rows: [f"{prefix}{value!r}" for value in np.asarray(values)[rows]]
+
+
+def _checked_integers(check: _Validator, rows: np.ndarray, column: pd.Series, name: str,
+                     what: str, low: int = 0, high: int = INT32_MAX,
+                     pattern: str = r"[+-]?[0-9]+") -> np.ndarray:
+    """The ASCII integers of ``column`` as int64 (0 where not valid); among ``rows``, fails
+    those that are not ``pattern`` (reason ``what``) or lie outside ``low..high`` (a value
+    too long for int64 is out of range, never an overflow)."""
+    text = column.str.strip()
+    syntax = text.str.fullmatch(pattern).to_numpy()
+    short = syntax & (text.str.len() <= 12).to_numpy()
+    values = pd.to_numeric(text.where(short, "0")).to_numpy(dtype=np.int64)
+    in_range = short & (values >= low) & (values <= high)
+    check.fail(rows & ~syntax, name, _quoted(f"{what}: ", column))
+    check.fail(rows & ~in_range, name, _quoted(f"outside {low}..{high}: ", column))
+    return np.where(in_range, values, 0)
 
 
 def read_annotations(
@@ -195,20 +239,9 @@ def read_annotations(
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
     path = Path(path)
-    lines = _read_lines(path)
-    line_numbers = np.array([i for i, line in enumerate(lines, 1) if line.strip()], dtype=np.int64)
-    body = [line for line in lines if line.strip()]
-    columns = np.fromiter((line.count(",") + 1 for line in body), dtype=np.int64, count=len(body))
-    width = max(8, int(columns.max()))
-    frame = pd.read_csv(
-        io.StringIO("\n".join(body)), header=None, names=range(width), dtype=str,
-        keep_default_na=False, na_filter=False, engine="c",
-    ).iloc[:, :8]
-    frame.columns = [*_FIELDS, "extra"]
-
+    frame, columns, line_numbers, ascii_only = _split_fields(_read_lines(path))
     check = _Validator(len(frame))
     allowed = (7, 8) if kind == "groundtruth" else (8,)
-    is_empty_keyframe = columns == 2
     check.fail(
         ~np.isin(columns, (2, *allowed)), "row",
         lambda rows: [
@@ -219,20 +252,71 @@ def read_annotations(
     video_id = frame["video_id"].str.strip()
     check.fail(~video_id.str.fullmatch(VIDEO_ID_RE.pattern).to_numpy(), "video_id",
                _quoted("invalid video id ", video_id))
-    timestamp = frame["timestamp"].str.strip()
-    check.fail(~timestamp.str.fullmatch(r"\d+").to_numpy(), "timestamp",
-               _quoted("not a whole number of seconds: ", timestamp))
-    seconds = pd.to_numeric(timestamp.where(timestamp.str.fullmatch(r"\d+"), "0")).to_numpy(
-        dtype=np.int64
-    )
+    every = np.ones(len(frame), dtype=bool)
+    seconds = _checked_integers(check, every, frame["timestamp"], "timestamp",
+                                "not a whole number of seconds", pattern="[0-9]+")
     if excluded:
         keys = pd.MultiIndex.from_arrays([video_id, seconds])
         check.fail(keys.isin(list(excluded)), "timestamp", "excluded keyframe")
+    boxed = columns != 2
+    boxes = _checked_boxes(check, frame, boxed, kind, ascii_only)
+    action = _checked_integers(check, boxed, frame["action_id"], "action_id", "not an integer")
+    if labelmap is not None:
+        check.fail(boxed & ~np.isin(action, labelmap.ids), "action_id",
+                   lambda rows: [f"action id {action[i]} not in the label map" for i in rows])
+    if kind == "groundtruth":
+        last_name = "person_id"
+        has_person = columns == 8
+        last_values = np.where(has_person, _checked_integers(
+            check, has_person, frame["extra"], last_name, "not an integer"), -1)
+    else:
+        last_name = "score"
+        last_values = _numbers(frame["extra"], ascii_only)
+        check.fail(boxed & np.isnan(last_values), "score",
+                   _quoted("not a number: ", frame["extra"]))
 
-    boxed = ~is_empty_keyframe
+    accepted = check.ok()
+    empty = accepted & ~boxed
+    rows = accepted & boxed
+    table = pd.DataFrame({
+        "video_id": video_id.to_numpy(dtype=object)[rows],
+        "second": seconds[rows],
+        **{name: boxes[name][rows] for name in BOX_COLUMNS},
+        "action_id": action[rows],
+        last_name: last_values[rows],
+        "line": line_numbers[rows],
+    })
+    report = [
+        Rejection(str(path), int(line_numbers[i]), check.field[i], check.reason[i])
+        for i in np.flatnonzero(~accepted)
+    ]
+    empty_keyframes = set(zip(video_id.to_numpy()[empty], seconds[empty].tolist(), strict=True))
+    return Annotations(str(path), kind, table, empty_keyframes, report, len(frame))
+
+
+def _split_fields(lines: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, bool]:
+    """The non-blank lines as text fields (the first 8 columns, named), each line's column
+    count and line number, and whether the text is all ASCII. Quotes are plain characters
+    (AVA files quote nothing), so an unbalanced quote fails its own row's fields only."""
+    line_numbers = np.array([i for i, line in enumerate(lines, 1) if line.strip()], dtype=np.int64)
+    body = [line for line in lines if line.strip()]
+    columns = np.fromiter((line.count(",") + 1 for line in body), dtype=np.int64, count=len(body))
+    text = "\n".join(body)
+    frame = pd.read_csv(
+        io.StringIO(text), header=None, names=range(max(8, int(columns.max()))), dtype=str,
+        keep_default_na=False, na_filter=False, engine="c", quoting=csv.QUOTE_NONE,
+    ).iloc[:, :8]
+    frame.columns = [*_FIELDS, "extra"]
+    return frame, columns, line_numbers, text.isascii()
+
+
+def _checked_boxes(check: _Validator, frame: pd.DataFrame, boxed: np.ndarray, kind: str,
+                   ascii_only: bool) -> dict[str, np.ndarray]:
+    """The four coordinates as floats. Ground truth: within 0.01 outside [0, 1] clipped, further
+    out rejected, empty boxes rejected; detections keep them as given."""
     boxes = {}
     for name in BOX_COLUMNS:
-        values = _numbers(frame[name])
+        values = _numbers(frame[name], ascii_only)
         check.fail(boxed & np.isnan(values), name, _quoted("not a number: ", frame[name]))
         if kind == "groundtruth":
             outside = (values < -BOX_TOLERANCE) | (values > 1 + BOX_TOLERANCE)
@@ -244,48 +328,4 @@ def read_annotations(
         # 50 best before dropping them (detector.ap reports them as dropped).
         check.fail(boxed & (boxes["x2"] <= boxes["x1"]), "x2", "x2 <= x1")
         check.fail(boxed & (boxes["y2"] <= boxes["y1"]), "y2", "y2 <= y1")
-
-    action_text = frame["action_id"].str.strip()
-    is_int_action = action_text.str.fullmatch(_INTEGER).to_numpy()
-    check.fail(boxed & ~is_int_action, "action_id",
-               _quoted("not an integer: ", frame["action_id"]))
-    action = pd.to_numeric(action_text.where(is_int_action, "0")).to_numpy(dtype=np.int64)
-    if labelmap is not None:
-        check.fail(boxed & ~np.isin(action, labelmap.ids), "action_id",
-                   lambda rows: [f"action id {action[i]} not in the label map" for i in rows])
-
-    last = frame["extra"].str.strip()
-    if kind == "groundtruth":
-        has_person = columns == 8
-        is_int_person = last.str.fullmatch(_INTEGER).to_numpy()
-        check.fail(has_person & ~is_int_person, "person_id",
-                   _quoted("not an integer: ", frame["extra"]))
-        last_values = np.where(
-            has_person & is_int_person,
-            pd.to_numeric(last.where(is_int_person, "-1")).to_numpy(dtype=np.float64), -1.0,
-        ).astype(np.int64)
-        last_name = "person_id"
-    else:
-        last_values = _numbers(last)
-        check.fail(boxed & ~np.isfinite(last_values), "score",
-                   _quoted("not a number: ", frame["extra"]))
-        last_name = "score"
-
-    accepted = check.ok()
-    empty = accepted & is_empty_keyframe
-    rows = accepted & boxed
-    table = pd.DataFrame({
-        "video_id": video_id.to_numpy(dtype=object)[rows],
-        "second": seconds[rows],
-        **{name: boxes[name][rows] for name in BOX_COLUMNS},
-        "action_id": action[rows],
-        last_name: last_values[rows],
-        "line": line_numbers[rows],
-    })
-    rejected = np.flatnonzero(~accepted)
-    report = [
-        Rejection(str(path), int(line_numbers[i]), check.field[i], check.reason[i])
-        for i in rejected
-    ]
-    empty_keyframes = set(zip(video_id.to_numpy()[empty], seconds[empty].tolist(), strict=True))
-    return Annotations(str(path), kind, table, empty_keyframes, report, len(body))
+    return boxes

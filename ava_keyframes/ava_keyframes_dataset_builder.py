@@ -1,57 +1,64 @@
 """`ava_keyframes`: AVA Actions keyframes as a TFDS dataset (one example per annotated keyframe).
 
 Generation walks video by video: each video is fetched once (``<manual_dir>/videos/``, the
-CVDF mirror or YouTube, through :class:`ava_keyframes.sources.VideoCache`) and decoded in one
-ffmpeg pass (:func:`ava_keyframes.frames.extract_keyframes`). Without Beam options the videos
-are walked in order, the next one fetched while the current one is decoded; with
+CVDF mirror or YouTube, through :class:`ava_keyframes.sources.VideoCache`), only the window
+of its keyframe seconds where the source allows, and decoded in one pass
+(:func:`ava_keyframes.frames.extract_keyframes`). Without Beam options the videos are walked
+in order, the next one fetched while the current one is decoded; with
 ``--beam_pipeline_options`` each video is one element of a Beam pipeline.
 
-Every build writes ``build_report.json`` next to its TFRecords: for each split the rows read
-and where each went, the keyframes written and why the others were not, and the videos that
-could not be had. Per-video outcomes travel with the data (a Beam side output written by the
-workers), so the counts are exact on any runner.
+Every build writes ``build_report.json`` next to its TFRecords (see :mod:`ava_keyframes.plan`).
+A video lost to a cause that may pass (an outage, retries spent, a full disk) fails the build
+unless the loss is accepted (``allow_missing`` or ``AVA_KEYFRAMES_ALLOW_MISSING=1``): the
+failed build leaves no prepared dataset, so the next ``tfds build`` starts again.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import json
 import re
-from collections import Counter, deque
+import socket
+import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from os import environ
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ava_keyframes.annotations import Annotations, Person, read_annotations, read_excluded
+from ava_keyframes.annotations import Person, keyframe_key, read_annotations, read_excluded
+from ava_keyframes.features import keyframe_features
 from ava_keyframes.frames import KeyframeError, extract_keyframes
-from ava_keyframes.labelmap import (
-    LabelMap,
-    default_labelmap_path,
-    read_labelmap,
-    write_classes_csv,
+from ava_keyframes.labelmap import LabelMap, default_labelmap_path, read_labelmap
+from ava_keyframes.media import decoder_info
+from ava_keyframes.plan import (
+    FRAME_MISSING,
+    VIDEO_LOST,
+    VIDEO_UNAVAILABLE,
+    SplitPlan,
+    VideoJob,
+    VideoOutcome,
+    build_report,
+    pixel_box,
 )
 from ava_keyframes.sources import FetchResult, VideoCache
 
 ANNOTATIONS_URL = "https://s3.amazonaws.com/ava-dataset/annotations/ava_v{version}.zip"
+ANNOTATIONS_URL_ENV = "AVA_KEYFRAMES_ANNOTATIONS_URL"
+ALLOW_MISSING_ENV = "AVA_KEYFRAMES_ALLOW_MISSING"
 CACHE_ENV = "AVA_KEYFRAMES_CACHE"
 REPORT_FILENAME = "build_report.json"
 _OUTCOMES_SUFFIX = ".outcomes.json"
 _OUTCOME_TAG = "outcome"
-_VALUE_PART = re.compile(r":\s|\s'")  # where a rejection reason starts quoting the bad value
-
-# Why a keyframe of the CSVs is not in the dataset (keys of ``keyframes_skipped``).
-OVER_LIMIT = "over max_per_video"
-VIDEO_UNAVAILABLE = "video unavailable"
-FRAME_MISSING = "frame not extracted"
-NOT_GENERATED = "not generated (generation stopped early)"
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one folder name, never '..'
+_REACH_TIMEOUT = 10.0  # seconds to connect to the annotations' host before giving up
 
 _MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Optional. Put the official annotation files (the contents of `ava_v2.2.zip`, or
@@ -62,6 +69,22 @@ fetched: the annotations zip by TFDS, the videos through `ava_keyframes.sources`
 AVA_KEYFRAMES_YOUTUBE_TEMPLATE) into a cache (AVA_KEYFRAMES_CACHE, default
 `<download_dir>/ava_keyframes_videos`).
 """
+
+
+class BuildError(RuntimeError):
+    """A build that cannot be completed as asked; the message (one line) says why."""
+
+
+class AnnotationsMissing(BuildError):
+    """A config's annotations are neither in the manual folder nor downloadable now."""
+
+
+def _user_error(error: Exception) -> BaseException:
+    """``error``, or inside ``tfds build`` a SystemExit printing its one line (the CLI would
+    print a traceback for any exception)."""
+    if _tfds_build_args() is not None:
+        return SystemExit(f"ava_keyframes: error: {error}")
+    return error
 
 
 @dataclasses.dataclass(eq=False)
@@ -76,23 +99,33 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     ava_version: str = "2.2"
     max_per_video: int | None = None
     max_side: int | None = None
+    allow_missing: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _CONFIG_NAME.fullmatch(self.name):
+            self._refuse(f"config name {self.name!r}: expected 1 to 64 of A-Z, a-z, 0-9, '.', "
+                         "'_', '-', starting with a letter or digit (it names a folder)")
         if self.ava_version not in ("2.1", "2.2"):
-            raise ValueError(f"ava_version must be '2.1' or '2.2', not {self.ava_version!r}")
+            self._refuse(f"ava_version must be '2.1' or '2.2', not {self.ava_version!r}")
         for option in ("max_per_video", "max_side"):
             value = getattr(self, option)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{option} must be a positive integer or null, not {value!r}")
+            if value is not None and (type(value) is not int or value < 1):
+                self._refuse(f"{option} must be a positive integer or null, not {value!r}")
+        if type(self.allow_missing) is not bool:
+            self._refuse(f"allow_missing must be true or false, not {self.allow_missing!r}")
         if self.description is None:
             keep = (f"at most {self.max_per_video} keyframes per video" if self.max_per_video
                     else "every keyframe")
             size = f"longer side at most {self.max_side} px" if self.max_side else "full size"
             self.description = f"AVA v{self.ava_version} annotations; {keep}; images {size}."
 
+    @staticmethod
+    def _refuse(message: str) -> None:
+        raise _user_error(ValueError(message))
+
     @property
     def annotations_url(self) -> str:
-        return ANNOTATIONS_URL.format(version=self.ava_version)
+        return environ.get(ANNOTATIONS_URL_ENV, ANNOTATIONS_URL).format(version=self.ava_version)
 
     def split_files(self) -> dict[str, tuple[str, str]]:
         """Split name -> (annotation CSV, excluded-timestamps CSV), named as in the zip."""
@@ -102,34 +135,11 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
             "validation": (f"ava_val_v{v}.csv", f"ava_val_excluded_timestamps_v{v}.csv"),
         }
 
-    def options(self) -> dict[str, int | None]:
+    def options(self) -> dict[str, Any]:
         return {"max_per_video": self.max_per_video, "max_side": self.max_side}
 
-
-def pixel_box(box: Sequence[float], width: int, height: int) -> np.ndarray:
-    """Normalized ``[x1, y1, x2, y2]`` -> float32 pixels of a ``width`` x ``height`` image,
-    clipped to it. The one place where AVA boxes become pixel boxes."""
-    x1, y1, x2, y2 = box
-    pixels = np.array([x1 * width, y1 * height, x2 * width, y2 * height], dtype=np.float64)
-    return np.clip(pixels, 0, [width, height, width, height]).astype(np.float32)
-
-
-def select_keyframes(seconds: Sequence[int], limit: int | None) -> list[int]:
-    """At most ``limit`` of the sorted ``seconds``, spread evenly: the middle one of each of
-    ``limit`` equal runs. Deterministic, and the same whichever machine builds."""
-    if limit is None or len(seconds) <= limit:
-        return list(seconds)
-    n = len(seconds)
-    return [seconds[(2 * i + 1) * n // (2 * limit)] for i in range(limit)]
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoJob:
-    """One video of one split and the keyframes to take from it."""
-
-    split: str
-    video_id: str
-    keyframes: tuple[tuple[int, tuple[Person, ...]], ...]  # (second, persons), ascending
+    def missing_allowed(self) -> bool:
+        return self.allow_missing or environ.get(ALLOW_MISSING_ENV, "") == "1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,79 +155,21 @@ class VideoWork:
         return VideoCache(self.cache_dir, manual_dir=self.manual_dir)
 
 
-@dataclasses.dataclass
-class VideoOutcome:
-    """What became of one VideoJob: keyframes written, and why the others were not."""
-
-    split: str
-    video_id: str
-    selected: int
-    written: int = 0
-    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
-    unavailable: str | None = None  # why the video could not be fetched
-    error: str | None = None  # why decoding stopped short of the selected keyframes
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class SplitPlan:
-    """A split's annotation counts (everything decided before any video is touched)."""
-
-    annotation_file: str
-    rows_read: int
-    rows_used: int
-    rows_without_boxes: int
-    rows_skipped: dict[str, int]
-    rejected_rows: list[str]
-    keyframes_annotated: int
-    jobs: list[VideoJob]
-
-    @classmethod
-    def from_annotations(
-        cls, split: str, annotations: Annotations, max_per_video: int | None
-    ) -> SplitPlan:
-        by_video: dict[str, list[tuple[int, tuple[Person, ...]]]] = {}
-        for (video_id, second), persons in annotations.keyframes().items():
-            by_video.setdefault(video_id, []).append((second, tuple(persons)))
-        jobs = []
-        for video_id, keyframes in by_video.items():
-            persons_at = dict(keyframes)
-            chosen = select_keyframes([second for second, _ in keyframes], max_per_video)
-            jobs.append(VideoJob(split, video_id, tuple((s, persons_at[s]) for s in chosen)))
-        return cls(
-            annotation_file=Path(annotations.path).name,
-            rows_read=annotations.rows_read,
-            rows_used=len(annotations.table),
-            rows_without_boxes=annotations.rows_read - len(annotations.table)
-            - len(annotations.report),
-            rows_skipped=dict(Counter(_reason_kind(r.field, r.reason) for r in annotations.report)),
-            rejected_rows=[str(r) for r in annotations.report],
-            keyframes_annotated=sum(len(k) for k in by_video.values()),
-            jobs=jobs,
-        )
-
-
-def _reason_kind(field: str, reason: str) -> str:
-    """A rejection reason without the offending value ("not a number: '3_'" -> "not a number")."""
-    return f"{field}: {_VALUE_PART.split(reason, maxsplit=1)[0]}"
-
-
 def video_examples(
     job: VideoJob, fetched: FetchResult, work: VideoWork, outcome: VideoOutcome
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Examples of one video, from one extraction pass; ``outcome`` is updated as they go."""
+    outcome.fetch_mode, outcome.bytes_fetched = fetched.fetch_mode, fetched.bytes_fetched
     if fetched.path is None:
-        outcome.unavailable = fetched.reason
-        outcome.skipped[VIDEO_UNAVAILABLE] = outcome.selected
+        outcome.unavailable, outcome.transient = fetched.reason, fetched.transient
+        outcome.skipped[VIDEO_LOST if fetched.transient else VIDEO_UNAVAILABLE] = outcome.selected
         return
     persons_at = dict(job.keyframes)
     try:
         for second, frame in extract_keyframes(fetched.path, list(persons_at),
-                                               max_side=work.max_side):
+                                               max_side=work.max_side, origin=fetched.origin):
             outcome.written += 1
-            yield f"{job.video_id}_{second:04d}", _example(
+            yield keyframe_key(job.video_id, second), _example(
                 job.video_id, second, persons_at[second], frame, work.labelmap
             )
     except KeyframeError as error:  # MissingKeyframes included: the frames before it are kept
@@ -247,23 +199,28 @@ def _example(
     }
 
 
-def _prefetched(fetch: Callable[[str], FetchResult], ids: Iterable[str]) -> Iterator[FetchResult]:
-    """``fetch(id)`` for each id in order, the next one running while the caller works."""
+def _prefetched(fetch: Callable[[VideoJob], FetchResult], jobs: Iterable[VideoJob]
+                ) -> Iterator[FetchResult]:
+    """``fetch(job)`` for each job in order, the next one running while the caller works."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ava-fetch") as pool:
         pending = deque()
-        for video_id in ids:
-            pending.append(pool.submit(fetch, video_id))
+        for job in jobs:
+            pending.append(pool.submit(fetch, job))
             if len(pending) > 1:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
+def _fetch_job(cache: VideoCache, job: VideoJob) -> FetchResult:
+    return cache.fetch(job.video_id, job.seconds)
+
+
 def _beam_video(job: VideoJob, work: VideoWork):
     """Beam: one video -> its examples, then its VideoOutcome on the side output."""
     beam = tfds.core.lazy_imports.apache_beam
     outcome = VideoOutcome(job.split, job.video_id, len(job.keyframes))
-    yield from video_examples(job, work.video_cache().fetch(job.video_id), work, outcome)
+    yield from video_examples(job, _fetch_job(work.video_cache(), job), work, outcome)
     yield beam.pvalue.TaggedOutput(_OUTCOME_TAG, outcome.to_json())
 
 
@@ -288,72 +245,17 @@ def _beam_split(pipeline, jobs: list[VideoJob], work: VideoWork, outcomes_path: 
     return results.examples
 
 
-def build_report(
-    name: str, options: dict[str, Any], plans: dict[str, SplitPlan], outcomes: list[VideoOutcome]
-) -> dict[str, Any]:
-    """The content of ``build_report.json``. Per split, ``rows_read`` = ``rows_used`` +
-    ``rows_without_boxes`` + the ``rows_skipped``, and ``keyframes_annotated`` =
-    ``keyframes_written`` + the ``keyframes_skipped``: every keyframe is counted once, as
-    written or under the reason it was not."""
-    report: dict[str, Any] = {"dataset": name, "options": options, "splits": {}}
-    done = {(o.split, o.video_id): o for o in outcomes}
-    for split, plan in plans.items():
-        skipped: Counter[str] = Counter()
-        written = 0
-        unavailable, errors = {}, {}
-        for job in plan.jobs:
-            outcome = done.get((split, job.video_id))
-            if outcome is None:  # generation cut short (e.g. --max_examples_per_split)
-                skipped[NOT_GENERATED] += len(job.keyframes)
-                continue
-            written += outcome.written
-            skipped.update(outcome.skipped)
-            unaccounted = outcome.selected - outcome.written - sum(outcome.skipped.values())
-            if unaccounted:
-                skipped[NOT_GENERATED] += unaccounted
-            if outcome.unavailable:
-                unavailable[job.video_id] = outcome.unavailable
-            if outcome.error:
-                errors[job.video_id] = outcome.error
-        skipped[OVER_LIMIT] = plan.keyframes_annotated - sum(len(j.keyframes) for j in plan.jobs)
-        skipped = Counter({k: v for k, v in skipped.items() if v})
-        report["splits"][split] = {
-            "annotation_file": plan.annotation_file,
-            "rows_read": plan.rows_read,
-            "rows_used": plan.rows_used,
-            "rows_without_boxes": plan.rows_without_boxes,
-            "rows_skipped": dict(sorted(plan.rows_skipped.items())),
-            "keyframes_annotated": plan.keyframes_annotated,
-            "keyframes_written": written,
-            "keyframes_skipped": dict(sorted(skipped.items())),
-            "videos": len(plan.jobs),
-            "videos_unavailable": dict(sorted(unavailable.items())),
-            "video_errors": dict(sorted(errors.items())),
-            "rejected_rows": plan.rejected_rows,
-        }
-    return report
-
-
-def keyframe_features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
-    """The features of one example: a keyframe with its persons (declared once, here)."""
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-        "video_id": tfds.features.Text(),
-        "timestamp": tfds.features.Scalar(dtype=np.int32),
-        "objects": tfds.features.Sequence({
-            "bbox": tfds.features.BBoxFeature(),
-            "box_pixels": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-            "labels": tfds.features.Sequence(tfds.features.ClassLabel(names=list(class_names))),
-            "person_id": tfds.features.Scalar(dtype=np.int32),
-        }),
-    })
-
-
 class Builder(tfds.core.GeneratorBasedBuilder):
     """AVA Actions v2.2 / v2.1: keyframes with multi-label person boxes."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: AVA v2.2 and v2.1 keyframes."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: AVA v2.2 and v2.1 keyframes.",
+        "2.0.0": "objects/labels is a multi-hot bool[80] per person (MultiHotClassLabel, "
+                 "class names as in a ClassLabel) instead of a ragged Sequence(ClassLabel): "
+                 "examples batch with padded_batch; build_report.json records the decoder, "
+                 "each video's fetch mode and bytes, and videos lost to transient causes.",
+    }
     BUILDER_CONFIGS = [
         AvaKeyframesConfig(name="v2.2", ava_version="2.2"),
         AvaKeyframesConfig(name="v2.1", ava_version="2.1"),
@@ -367,8 +269,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://research.google.com/ava/",
         )
 
+    def download_and_prepare(self, **kwargs: Any) -> None:
+        """TFDS's, except that under a plain ``tfds build`` (every config) a config whose
+        annotations cannot be found is skipped with one line rather than failing the run."""
+        try:
+            super().download_and_prepare(**kwargs)
+        except AnnotationsMissing as missing:
+            if not _tfds_cli_builds_every_config():
+                raise _user_error(missing) from None
+            print(f"{self.info.full_name}: skipped: {missing}", flush=True)
+
     def _download_and_prepare(self, dl_manager, download_config) -> None:
         self._use_beam = bool(download_config.beam_options or download_config.beam_runner)
+        self._manual_folder = Path(download_config.manual_dir or
+                                   Path(dl_manager.download_dir) / "manual")
         self._plans: dict[str, SplitPlan] = {}
         self._outcomes: list[VideoOutcome] = []
         super()._download_and_prepare(dl_manager, download_config)
@@ -378,18 +292,43 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for part in sorted(data_dir.glob(f"*{_OUTCOMES_SUFFIX}")):
             self._outcomes += [VideoOutcome(**o) for o in json.loads(part.read_text())]
             part.unlink()
-        report = build_report(
-            self.info.full_name, self.builder_config.options(), self._plans, self._outcomes
-        )
+        report = build_report(self.info.full_name, self.builder_config.options(), self._plans,
+                              self._outcomes, decoder_info())
         if download_config.max_examples_per_split is None:
-            for split, counts in report["splits"].items():
-                stored = self.info.splits[split].num_examples
-                if stored != counts["keyframes_written"]:  # seen once with Beam multi_threading
-                    raise RuntimeError(
-                        f"split {split!r}: {counts['keyframes_written']} examples were generated "
-                        f"but {stored} were written; the runner lost or duplicated examples"
-                    )
+            self._check_counts(report)
+        self._finish_report(report, data_dir)
+
+    def _check_counts(self, report: dict[str, Any]) -> None:
+        for split, counts in report["splits"].items():
+            stored = self.info.splits[split].num_examples
+            if stored != counts["keyframes_written"]:  # seen once with Beam multi_threading
+                raise BuildError(
+                    f"split {split!r}: {counts['keyframes_written']} examples were generated "
+                    f"but {stored} were written; the runner lost or duplicated examples"
+                )
+
+    def _finish_report(self, report: dict[str, Any], data_dir: epath.Path) -> None:
+        """Write the report; fail on unaccepted transient losses (the report then goes beside
+        the version folder, which TFDS removes); list the unavailable videos."""
+        lost = {v: r for s in report["splits"].values() for v, r in s["videos_lost"].items()}
+        failed_report = data_dir.parent / f"{self.info.version}.failed_{REPORT_FILENAME}"
+        report["missing_accepted"] = bool(lost) and self.builder_config.missing_allowed()
+        if lost and not report["missing_accepted"]:
+            failed_report.write_text(json.dumps(report, indent=2) + "\n")
+            raise _user_error(BuildError(
+                f"{len(lost)} video(s) lost to a transient cause, nothing written: "
+                f"{', '.join(sorted(lost))} (see {failed_report}); build again once the cause "
+                f"is gone, or accept the loss with {ALLOW_MISSING_ENV}=1"))
+        failed_report.unlink(missing_ok=True)
         (data_dir / REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
+        for split, counts in report["splits"].items():
+            missing = {**counts["videos_unavailable"], **counts["videos_lost"]}
+            for video_id, reason in sorted(missing.items()):
+                print(f"{self.info.full_name} {split}: video {video_id} missing: {reason}")
+        if lost:
+            print(f"{self.info.full_name}: built without {len(lost)} video(s) lost to a "
+                  f"transient cause ({ALLOW_MISSING_ENV} / allow_missing), recorded in "
+                  f"{REPORT_FILENAME}")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config: AvaKeyframesConfig = self.builder_config
@@ -420,8 +359,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return self._walk_videos(split, jobs, work)
 
     def _walk_videos(self, split: str, jobs: list[VideoJob], work: VideoWork):
-        cache = work.video_cache()
-        fetched = _prefetched(cache.fetch, [job.video_id for job in jobs])
+        fetched = _prefetched(functools.partial(_fetch_job, work.video_cache()), jobs)
         outcomes = []
         for job, result in zip(jobs, fetched, strict=True):
             outcomes.append(VideoOutcome(job.split, job.video_id, len(job.keyframes)))
@@ -429,21 +367,70 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             yield from video_examples(job, result, work, outcomes[-1])
         if not any(outcome.written for outcome in outcomes):  # TFDS cannot write an empty split
             problems = [f"{o.video_id}: {o.unavailable or o.error}" for o in outcomes]
-            raise RuntimeError(
+            raise _user_error(BuildError(
                 f"no keyframe of split {split!r} could be written: "
                 + ("; ".join(problems) or "no annotated keyframes")
-            )
+            ))
 
     def _annotations_dir(self, dl_manager, manual_dir: Path | None) -> Path:
-        """``<manual_dir>/annotations/`` if there, else the official zip, downloaded."""
-        train_csv = self.builder_config.split_files()["train"][0]
-        if manual_dir is not None and (manual_dir / "annotations").is_dir():
-            return manual_dir / "annotations"
-        extracted = Path(dl_manager.download_and_extract(self.builder_config.annotations_url))
-        for folder in (extracted, *sorted(p for p in extracted.iterdir() if p.is_dir())):
-            if (folder / train_csv).is_file():
-                return folder
-        raise FileNotFoundError(f"{self.builder_config.annotations_url}: no {train_csv} inside")
+        """``<manual_dir>/annotations/`` if it holds this config's files, else the official
+        zip, downloaded; AnnotationsMissing when neither is possible (checked in seconds)."""
+        config: AvaKeyframesConfig = self.builder_config
+        names = [name for pair in config.split_files().values() for name in pair]
+        folder = (manual_dir or self._manual_folder) / "annotations"
+        absent = [name for name in names if not (folder / name).is_file()]
+        if len(absent) < len(names):
+            if absent:
+                raise _user_error(BuildError(f"{folder}: missing {', '.join(absent)} (the "
+                                             f"files of ava_v{config.ava_version}.zip)"))
+            return folder
+        url = config.annotations_url
+        unreachable = _unreachable(url)
+        if unreachable:
+            raise AnnotationsMissing(
+                f"no v{config.ava_version} annotations in {folder} and {url} cannot be "
+                f"reached ({unreachable}); put the files of ava_v{config.ava_version}.zip there")
+        extracted = Path(dl_manager.download_and_extract(url))
+        for candidate in (extracted, *sorted(p for p in extracted.iterdir() if p.is_dir())):
+            if all((candidate / name).is_file() for name in names):
+                return candidate
+        raise _user_error(BuildError(f"{url}: no {', '.join(names)} inside"))
+
+
+def _unreachable(url: str) -> str | None:
+    """Why ``url``'s host cannot be connected to now (one try, seconds), or None."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=_REACH_TIMEOUT).close()
+    except OSError as error:
+        return str(error) or type(error).__name__
+    return None
+
+
+def _tfds_build_args() -> tuple[Any, list[str]] | None:
+    """(parsed arguments, dataset names) of the ``tfds build`` command running this code
+    (TFDS's ``Args.execute`` is on the call stack), or None outside it."""
+    build = sys.modules.get("tensorflow_datasets.scripts.cli.build")
+    execute = getattr(getattr(build, "Args", None), "execute", None)
+    frame = sys._getframe()
+    while frame is not None and execute is not None:
+        if frame.f_code is execute.__code__:
+            return frame.f_locals["self"], list(frame.f_locals.get("datasets") or [])
+        frame = frame.f_back
+    return None
+
+
+def _tfds_cli_builds_every_config() -> bool:
+    """True inside ``tfds build`` run without ``--config``, ``--config_idx`` or
+    ``name/config``: TFDS then builds each of BUILDER_CONFIGS in turn, and a config that
+    cannot be built is skipped rather than fatal."""
+    found = _tfds_build_args()
+    if found is None:
+        return False
+    args, datasets = found
+    return (args.generation.config is None and args.generation.config_idx is None
+            and not any("/" in name for name in datasets))
 
 
 @functools.cache
@@ -458,56 +445,3 @@ def _manual_dir(dl_manager: tfds.download.DownloadManager) -> Path | None:
         return Path(dl_manager.manual_dir)
     except AssertionError:
         return None
-
-
-def export_retinanet_csv(
-    data_dir: str | Path, split: str, out: str | Path, config: str = "v2.2"
-) -> dict[str, int]:
-    """Write a built split for keras-retinanet: ``OUT/images/<key>.jpg`` (the stored JPEG
-    bytes), ``OUT/annotations.csv`` (``path,x1,y1,x2,y2,class_name``: one row per person and
-    action, ``box_pixels`` rounded to integers and at least 1 px wide and high; a keyframe
-    without persons gets keras-retinanet's ``path,,,,,`` row) and ``OUT/classes.csv``.
-    Returns the counts of images and rows.
-
-    Raises FileNotFoundError when the dataset is not built in ``data_dir``, ValueError for a
-    split it does not have.
-    """
-    name = f"ava_keyframes/{config}"
-    try:
-        builder = tfds.builder(name, data_dir=str(data_dir))
-    except tfds.core.registered.DatasetNotFoundError:
-        builder = None
-    if builder is None or not builder.is_prepared():
-        raise FileNotFoundError(
-            f"{data_dir}: no built {name} (build it with `tfds build ava_keyframes --imports "
-            f"ava_keyframes --config {config} --data_dir {data_dir}`)"
-        )
-    if split not in builder.info.splits:
-        raise ValueError(f"{name} has no split {split!r} (it has {', '.join(builder.info.splits)})")
-    labelmap = _labelmap()
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    images = rows = 0
-    dataset = builder.as_dataset(
-        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
-    )
-    with (out / "annotations.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        for example in dataset:
-            video_id = example["video_id"].numpy().decode()
-            path = f"images/{video_id}_{int(example['timestamp']):04d}.jpg"
-            (out / path).write_bytes(example["image"].numpy())
-            images += 1
-            objects = example["objects"]
-            if not len(objects["person_id"]):
-                writer.writerow([path, "", "", "", "", ""])
-                rows += 1
-            for box, labels in zip(objects["box_pixels"].numpy(), objects["labels"].to_list(),
-                                   strict=True):
-                x1, y1, x2, y2 = (round(float(v)) for v in box)
-                corners = [x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)]  # never an empty box
-                for label in labels:
-                    writer.writerow([path, *corners, labelmap.names[label]])
-                    rows += 1
-    write_classes_csv(labelmap, out / "classes.csv")
-    return {"images": images, "rows": rows}

@@ -15,10 +15,10 @@ from ava_keyframes.runner import CliError, VerbParser, parse_seconds, run, user_
 def _cmd_labelmap(args: argparse.Namespace) -> int:
     from ava_keyframes.labelmap import LabelMapError, read_labelmap, write_classes_csv
 
-    with user_errors(LabelMapError):
+    with user_errors(LabelMapError, OSError):
         labelmap = read_labelmap(args.pbtxt)
-    if args.classes_csv:
-        write_classes_csv(labelmap, args.classes_csv)
+        if args.classes_csv:
+            write_classes_csv(labelmap, args.classes_csv)
     if args.json:
         print(json.dumps(labelmap.to_json(), indent=2, ensure_ascii=False))
     elif not args.classes_csv:
@@ -65,7 +65,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         fps = float(args.fps)
     except ValueError:
         raise CliError(f"--fps: expected a number such as 29.97, not {args.fps!r}") from None
-    with user_errors(ValueError, VideoError):
+    with user_errors(ValueError, VideoError, OSError):
         info = make_corpus(args.out, videos=args.videos, seconds=args.seconds, start=args.start,
                            fps=fps, size=(int(width), int(height)),
                            container=args.container, seed=args.seed)
@@ -181,9 +181,9 @@ def _cmd_frames(args: argparse.Namespace) -> int:
 
 # --- export-csv ---
 def _cmd_export_csv(args: argparse.Namespace) -> int:
-    from ava_keyframes.ava_keyframes_dataset_builder import export_retinanet_csv
+    from ava_keyframes.export import export_retinanet_csv
 
-    with user_errors(FileNotFoundError, ValueError):
+    with user_errors(OSError, ValueError):
         counts = export_retinanet_csv(args.data_dir, args.split, args.out, config=args.config)
     print(f"{counts['images']} images, {counts['rows']} annotation rows -> {args.out}")
     return 0

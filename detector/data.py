@@ -1,6 +1,7 @@
 """TFDS detection datasets -> batches for `detector.model`.
 
-Reads `ava_keyframes/...` (each person a box with a list of action labels) or any TFDS
+Reads `ava_keyframes/...` (each person a box with a multi-hot `objects/labels` over the
+80 AVA actions, a `MultiHotClassLabel`) or any TFDS
 detection dataset whose examples hold `objects/bbox` and `objects/label` (such as
 `voc/2007`). Every example becomes the same standard form first (`standardize`), so the
 rest of the pipeline does not care which dataset it is:
@@ -48,7 +49,7 @@ class DatasetInfo:
     # map's (ava_keyframes), index + 1 for others.
     class_ids: list[int]
     ava_classes: bool  # the classes are those of the AVA 80-class label map
-    multi_label: bool  # objects/labels (a list per box) rather than objects/label
+    multi_label: bool  # objects/labels (multi-hot per box) rather than objects/label
     has_keyframes: bool  # video_id and timestamp features
     splits: dict[str, int]  # split name -> number of examples
     tfds_info: tfds.core.DatasetInfo
@@ -79,7 +80,7 @@ def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
     if objects is None or "bbox" not in objects.feature:
         raise DataError(f"dataset {name!r} has no objects/bbox feature: not a detection dataset")
     if "labels" in objects.feature:
-        names = list(objects.feature["labels"].feature.names)
+        names = list(objects.feature["labels"].names)
         multi_label = True
     elif "label" in objects.feature:
         names = list(objects.feature["label"].names)
@@ -132,15 +133,7 @@ def standardize(info: DatasetInfo) -> Callable[[dict, tf.Tensor], dict[str, tf.T
         boxes = tf.reshape(tf.cast(objects["bbox"], tf.float32), [-1, 4])
         count = tf.shape(boxes)[0]
         if info.multi_label:
-            labels = objects["labels"]
-            if not isinstance(labels, tf.RaggedTensor):
-                labels = tf.RaggedTensor.from_tensor(labels)
-            hits = tf.math.unsorted_segment_sum(
-                tf.one_hot(labels.flat_values, num_classes),
-                labels.value_rowids(),
-                num_segments=count,
-            )
-            classes = tf.minimum(hits, 1.0)
+            classes = tf.reshape(tf.cast(objects["labels"], tf.float32), [-1, num_classes])
         else:
             classes = tf.one_hot(objects["label"], num_classes)
         if info.has_keyframes:

@@ -1,7 +1,7 @@
 """Tiny TFDS detection datasets for the detector tests, built in a temporary folder.
 
 `detector_toy_ava` has the features of `ava_keyframes` (JPEG image, video_id, timestamp,
-objects with bbox, box_pixels, a list of AVA action labels per person, person_id) and the
+objects with bbox, box_pixels, multi-hot AVA action labels per person, person_id) and the
 real 80-class AVA label map; `detector_toy_voc` has VOC's single `objects/label`. Each
 image shows coloured figures whose colour is their first action and, for a second action,
 a white band across the figure, on a grey background: enough for a loss to fall quickly.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ava_keyframes.ava_keyframes_dataset_builder import keyframe_features
+from ava_keyframes.features import keyframe_features
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 
 LABELMAP = read_labelmap(default_labelmap_path())

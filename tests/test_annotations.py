@@ -5,6 +5,8 @@ import pytest
 from ava_keyframes.annotations import (
     AnnotationError,
     check_video_id,
+    keyframe_key,
+    parse_keyframe_key,
     read_annotations,
     read_excluded,
 )
@@ -86,6 +88,20 @@ BAD_ROWS = [
     ("aaaaaaaaaaa,9o2,0.1,0.1,0.5,0.5,12,0", "timestamp", "not a whole number of seconds"),
     ("../../etc/pw,902,0.1,0.1,0.5,0.5,12,0", "video_id", "invalid video id"),
     ("ccccccccccc,904,0.1,0.1,0.5,0.5,12,0", "timestamp", "excluded keyframe"),
+    # each value at its type's range (the dataset stores int32), ASCII digits only, and a
+    # quote is a character like any other (it never joins lines into one field)
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,3000000000", "person_id",
+     "outside 0..2147483647: '3000000000'"),
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,2147483647", None, None),
+    ("aaaaaaaaaaa,100000000000000000000,0.1,0.1,0.5,0.5,12,0", "timestamp", "outside 0.."),
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,100000000000000000000,0", "action_id", "outside 0.."),
+    ("aaaaaaaaaaa,\uff19\uff10\uff12,0.1,0.1,0.5,0.5,12,0", "timestamp",
+     "not a whole number of seconds"),
+    ("aaaaaaaaaaa,902,\uff10.1,0.1,0.5,0.5,12,0", "x1", "not a number"),
+    ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,\uff11\uff12,0", "action_id", "not an integer"),
+    ("aaaaaaaaaaa,902,nan,0.1,0.5,0.5,12,0", "x1", "not a number: 'nan'"),
+    ('"aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,0', "video_id", "invalid video id"),
+    ('aaaaaaaaaaa,902,"0.1,0.1,0.5,0.5,12,0', "x1", "not a number"),
 ]
 
 
@@ -102,6 +118,18 @@ def test_each_bad_row_is_reported_with_line_and_field(tmp_path, labelmap, row, f
     assert (rejection.file, rejection.line, rejection.field) == (str(path), 2, field)
     assert reason in rejection.reason
     assert list(annotations.table["line"]) == [1, 3]
+
+
+def test_hostile_detections_are_row_rejections(tmp_path):
+    text = ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,1e400\n"
+            "aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,\uff10.5\n"
+            "aaaaaaaaaaa,99999999999999999999999,0.1,0.1,0.5,0.5,12,0.5\n"
+            '"aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,0.5\n'
+            "aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,0.5\n")
+    annotations = read_annotations(write(tmp_path, text), kind="detections")
+    assert [(r.line, r.field) for r in annotations.report] == [
+        (1, "score"), (2, "score"), (3, "timestamp"), (4, "video_id")]
+    assert list(annotations.table["line"]) == [5]
 
 
 def test_within_tolerance_is_clipped(tmp_path):
@@ -141,6 +169,27 @@ def test_excluded_timestamps(ava_data, tmp_path):
     assert excluded and all(isinstance(s, int) for _, s in excluded)
     with pytest.raises(AnnotationError, match=r"bad.csv:2: expected 'video_id,timestamp'"):
         read_excluded(write(tmp_path, "aaaaaaaaaaa,0902\naaaaaaaaaaa\n", name="bad.csv"))
+    for value in ("\uff10\uff19\uff10\uff12", "100000000000000000000"):
+        with pytest.raises(AnnotationError, match=r"big.csv:1: expected"):
+            read_excluded(write(tmp_path, f"aaaaaaaaaaa,{value}\n", name="big.csv"))
+
+
+def test_excluded_timestamps_without_rows_exclude_nothing(tmp_path):
+    assert read_excluded(write(tmp_path, "")) == set()
+    assert read_excluded(write(tmp_path, "\n \n")) == set()
+
+
+def test_keyframe_key_round_trips_and_refuses_other_names():
+    assert keyframe_key("1j20qq1JyX4", 902) == "1j20qq1JyX4_0902"
+    assert keyframe_key("-5KQ66BBWC4", 12) == "-5KQ66BBWC4_0012"
+    for video_id, second in (("1j20qq1JyX4", 902), ("_7oWZq_s_Sk", 1798), ("a" * 11, 12345)):
+        assert parse_keyframe_key(keyframe_key(video_id, second)) == (video_id, second)
+    for bad in ("1j20qq1JyX4_902", "1j20qq1JyX4-0902", "../etc/pass_0902", "1j20qq1JyX4_0902.jpg",
+                "1j20qq1JyX4_\uff10\uff19\uff10\uff12", "1j20qq1JyX4_9999999999"):
+        with pytest.raises(ValueError, match="not a keyframe key"):
+            parse_keyframe_key(bad)
+    with pytest.raises(ValueError, match="invalid video id"):
+        keyframe_key("../x", 902)
 
 
 @pytest.mark.parametrize(
@@ -173,6 +222,19 @@ def test_inspect_cli_excluded_and_readable_summary(ava_data, tmp_path, capsys):
     assert main(["inspect", str(ava_data / EXCERPT), "--excluded", str(excluded)]) == 0
     out = capsys.readouterr().out
     assert "109 keyframes" in out and "excluded keyframe" in out and ":16: person_id" in out
+
+
+def test_inspect_cli_hostile_values_are_reported_rows_not_tracebacks(tmp_path, capsys):
+    text = ("aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,3000000000\n"
+            "aaaaaaaaaaa,100000000000000000000,0.1,0.1,0.5,0.5,12,1\n"
+            "aaaaaaaaaaa,\uff19\uff10\uff12,0.1,0.1,0.5,0.5,12,1\n"
+            '"aaaaaaaaaaa,903,0.1,0.1,0.5,0.5,12,1\n'
+            "aaaaaaaaaaa,904,0.1,0.1,0.5,0.5,12,1\n")
+    assert main(["inspect", str(write(tmp_path, text)), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["rows"], summary["rows_used"]) == (5, 1)
+    assert [(r["line"], r["field"]) for r in summary["rejected"]] == [
+        (1, "person_id"), (2, "timestamp"), (3, "timestamp"), (4, "video_id")]
 
 
 def test_inspect_cli_unreadable_file_is_one_line(tmp_path, capsys):

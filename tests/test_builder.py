@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -27,9 +29,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
+from ava_keyframes import plan
 from ava_keyframes.cli import main as cli_main
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 from ava_keyframes.mirror import LoopbackMirror
+from ava_keyframes.sources import FetchResult
 from ava_keyframes.synth import make_corpus
 
 DATASET_FOLDER = Path(builder_module.__file__).parent
@@ -61,18 +65,18 @@ class AvaKeyframesDummyDataTest(tfds.testing.DatasetBuilderTestCase):
 
 def test_select_keyframes_is_deterministic_spread_and_bounded():
     seconds = list(range(902, 1799))
-    chosen = builder_module.select_keyframes(seconds, 5)
-    assert chosen == builder_module.select_keyframes(list(seconds), 5)
+    chosen = plan.select_keyframes(seconds, 5)
+    assert chosen == plan.select_keyframes(list(seconds), 5)
     assert len(chosen) == len(set(chosen)) == 5 and chosen == sorted(chosen)
     gaps = np.diff(chosen)
     assert gaps.max() - gaps.min() <= 1  # evenly spread over the whole range
     assert chosen[0] - 902 < 100 and 1798 - chosen[-1] < 100
-    assert builder_module.select_keyframes([902, 903], 5) == [902, 903]
-    assert builder_module.select_keyframes([902, 903, 904], None) == [902, 903, 904]
+    assert plan.select_keyframes([902, 903], 5) == [902, 903]
+    assert plan.select_keyframes([902, 903, 904], None) == [902, 903, 904]
 
 
 def test_pixel_box_scales_and_clips():
-    pixels = builder_module.pixel_box((-0.1, 0.2, 1.2, 0.5), 100, 50)
+    pixels = plan.pixel_box((-0.1, 0.2, 1.2, 0.5), 100, 50)
     assert pixels.dtype == np.float32
     np.testing.assert_allclose(pixels, [0, 10, 100, 25])
 
@@ -82,6 +86,29 @@ def test_custom_config_options_are_validated():
         builder_module.AvaKeyframesConfig(name="x", max_per_video=0)
     with pytest.raises(ValueError, match="ava_version"):
         builder_module.AvaKeyframesConfig(name="x", ava_version="3.0")
+    with pytest.raises(ValueError, match="max_side must be a positive integer or null, not True"):
+        builder_module.AvaKeyframesConfig(name="x", max_side=True)  # a bool is no integer
+    with pytest.raises(ValueError, match="allow_missing must be true or false"):
+        builder_module.AvaKeyframesConfig(name="x", allow_missing=1)
+
+
+def test_tfds_build_refuses_a_config_named_like_a_path_in_one_line(tmp_path):
+    data_dir = tmp_path / "a" / "b" / "data"
+    cmd = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes",
+           "--config", '{"name": "../../../x"}', "--data_dir", str(data_dir)]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,  # noqa: S603
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ava_keyframes: error: config name '../../../x': expected")
+    assert not any(path.is_file() for path in tmp_path.rglob("*"))  # nothing written at all
+
+
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "..", ".hidden", "", "x" * 65, "v2.2\n"])
+def test_config_names_are_checked_like_ids(name):
+    with pytest.raises(ValueError, match="config name"):
+        builder_module.AvaKeyframesConfig(name=name)
 
 
 # --- in-process builds: options, nothing to write ---------------------------------------------
@@ -114,7 +141,7 @@ def test_options_keep_one_keyframe_per_video_at_max_side(tmp_path):
         np.testing.assert_allclose(pixels, bbox[:, [1, 0, 3, 2]] * [48, 36, 48, 36], atol=1e-3)
         counts = report["splits"][split]
         assert counts["keyframes_annotated"] == 2 and counts["keyframes_written"] == 1
-        assert counts["keyframes_skipped"] == {builder_module.OVER_LIMIT: 1}
+        assert counts["keyframes_skipped"] == {plan.OVER_LIMIT: 1}
 
 
 def test_examples_lost_after_generation_fail_the_build(tmp_path, monkeypatch):
@@ -127,7 +154,77 @@ def test_examples_lost_after_generation_fail_the_build(tmp_path, monkeypatch):
     monkeypatch.setattr(builder_module, "video_examples", dropping_the_first)
     with pytest.raises(RuntimeError, match="2 examples were generated but 1 were written"):
         _build_in_process(tmp_path, DATASET_FOLDER / "dummy_data", "v2.2")
-    assert not (tmp_path / "data" / "ava_keyframes" / "v2.2" / "1.0.0").exists()
+    assert not (tmp_path / "data" / "ava_keyframes" / "v2.2" / "2.0.0").exists()
+
+
+def _losing(video_id: str):
+    """A fetch that loses ``video_id`` to a transient cause (as a cache does after an outage,
+    spent retries or a full disk) and fetches the others as usual."""
+    fetch = builder_module._fetch_job
+
+    def fetch_job(cache, job):
+        if job.video_id == video_id:
+            return FetchResult(video_id, "unavailable", None, "mirror",
+                               "connection reset (retries spent)", transient=True)
+        return fetch(cache, job)
+
+    return fetch_job
+
+
+@pytest.fixture(scope="module")
+def local_corpus(e2e):
+    """The e2e corpus as a manual dir holding every video: in-process builds of it are quick."""
+    manual = e2e["root"] / "local-manual"
+    shutil.copytree(e2e["manual"] / "annotations", manual / "annotations")
+    (manual / "videos").mkdir()
+    for path in e2e["info"].videos.values():
+        os.link(path, manual / "videos" / path.name)
+    return manual
+
+
+def test_transient_loss_fails_the_build_then_a_rebuild_is_complete(
+        e2e, local_corpus, tmp_path, monkeypatch):
+    lost = e2e["info"].ids["train"][0]
+    expected = len(_expected_keyframes(e2e["info"], "train"))
+    with monkeypatch.context() as patch:
+        patch.setattr(builder_module, "_fetch_job", _losing(lost))
+        with pytest.raises(builder_module.BuildError) as failure:
+            _build_in_process(tmp_path, local_corpus, "v2.2")
+    message = str(failure.value)
+    config_dir = tmp_path / "data" / "ava_keyframes" / "v2.2"
+    failed_report = config_dir / "2.0.0.failed_build_report.json"
+    assert "\n" not in message and lost in message and str(failed_report) in message
+    assert json.loads(failed_report.read_text())["splits"]["train"]["videos_lost"] == {
+        lost: "connection reset (retries spent)"}
+    assert not builder_module.Builder(config="v2.2", data_dir=str(tmp_path / "data")).is_prepared()
+    assert not (config_dir / "2.0.0").exists()
+    # the cause is gone: the same build now gets every video (nothing was kept from the failure)
+    builder = _build_in_process(tmp_path, local_corpus, "v2.2")
+    assert builder.info.splits["train"].num_examples == expected
+    report = json.loads((Path(builder.data_dir) / "build_report.json").read_text())
+    train = report["splits"]["train"]
+    assert train["videos_lost"] == {} and not report["missing_accepted"]
+    assert not failed_report.exists()
+    assert report["decoder"]["engine"] and train["fetch_modes"] == {"local": 4}
+    assert train["videos_fetched"][lost] == {"fetch_mode": "local", "bytes_fetched": 0}
+
+
+def test_accepted_transient_loss_builds_and_is_recorded(
+        e2e, local_corpus, tmp_path, monkeypatch, capsys):
+    lost = e2e["info"].ids["train"][0]
+    expected = _expected_keyframes(e2e["info"], "train")
+    monkeypatch.setattr(builder_module, "_fetch_job", _losing(lost))
+    monkeypatch.setenv(builder_module.ALLOW_MISSING_ENV, "1")
+    builder = _build_in_process(tmp_path, local_corpus, "v2.2")
+    report = json.loads((Path(builder.data_dir) / "build_report.json").read_text())
+    train = report["splits"]["train"]
+    assert report["missing_accepted"] and list(train["videos_lost"]) == [lost]
+    lost_keyframes = sum(video_id == lost for video_id, _ in expected)
+    assert train["keyframes_skipped"] == {plan.VIDEO_LOST: lost_keyframes}
+    assert builder.info.splits["train"].num_examples == len(expected) - lost_keyframes
+    out = capsys.readouterr().out
+    assert f"train: video {lost} missing: connection reset" in out
+    assert "built without 1 video(s) lost to a transient cause" in out
 
 
 def test_split_without_any_video_is_a_clear_error(tmp_path):
@@ -166,33 +263,46 @@ def e2e(tmp_path_factory):
     mirror.close()
 
 
+def _closed_port() -> int:
+    """A loopback port nothing listens on: connecting is refused at once (as offline)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+UNREACHABLE_ANNOTATIONS = f"http://127.0.0.1:{_closed_port()}/ava_v{{version}}.zip"
+
+
 def _env(e2e, cache: str) -> dict[str, str]:
     return {**os.environ, "AVA_KEYFRAMES_SOURCES": "local,mirror",
             "AVA_KEYFRAMES_MIRROR": e2e["mirror"].url,
+            "AVA_KEYFRAMES_ANNOTATIONS_URL": UNREACHABLE_ANNOTATIONS,
             "AVA_KEYFRAMES_CACHE": str(e2e["root"] / cache), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _tfds_build(e2e, data_dir: str, *extra: str, cwd: Path | None = None, imports: bool = True,
-                cache: str = "cache") -> subprocess.Popen:
+                cache: str = "cache", config: tuple[str, ...] = ("--config", "v2.2")
+                ) -> subprocess.Popen:
     cmd = [TFDS_CLI, "build", *(["ava_keyframes", "--imports", "ava_keyframes"] if imports
                                 else []),
-           "--config", "v2.2", "--manual_dir", str(e2e["manual"]),
+           *config, "--manual_dir", str(e2e["manual"]),
            "--data_dir", str(e2e["root"] / data_dir), *extra]
     return subprocess.Popen(cmd, cwd=cwd or e2e["root"], env=_env(e2e, cache),  # noqa: S603
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(process: subprocess.Popen) -> None:
+def _finish(process: subprocess.Popen) -> str:
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-3000:]
+    return output
 
 
 @pytest.fixture(scope="module")
 def builds(e2e):
-    """Data dirs of: a plain build with --imports, one from inside the dataset folder, a Beam
-    build, and a build killed after its first video then run again (its own cache)."""
-    plain = _tfds_build(e2e, "plain")
-    _finish(plain)  # fills the shared cache; the next two read it
+    """Data dirs of: a plain build with --imports and no --config (the manual dir holds only
+    v2.2 annotations), one from inside the dataset folder, a Beam build, and a build killed
+    after its first video then run again (its own cache); and the plain build's output."""
+    plain_output = _finish(_tfds_build(e2e, "plain", config=()))  # fills the shared cache
     in_folder = _tfds_build(e2e, "in_folder", cwd=DATASET_FOLDER, imports=False)
     beam = _tfds_build(e2e, "beam", "--beam_pipeline_options=runner=FnApiRunner,"
                        "direct_num_workers=2,direct_running_mode=multi_processing")
@@ -209,15 +319,17 @@ def builds(e2e):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     mirror.delay = 0.0
-    assert not (e2e["root"] / "killed/ava_keyframes/v2.2/1.0.0").exists()  # stopped midway
+    assert not (e2e["root"] / "killed/ava_keyframes/v2.2/2.0.0").exists()  # stopped midway
     first_video, rerun_starts = next(killed_cache.iterdir()).name, len(mirror.requests)
     _finish(_tfds_build(e2e, "killed", cache="killed-cache"))
     assert f"/{first_video}" not in mirror.requests[rerun_starts:]  # not downloaded again
-    return {name: e2e["root"] / name for name in ("plain", "in_folder", "beam", "killed")}
+    return {**{name: e2e["root"] / name for name in ("plain", "in_folder", "beam", "killed")},
+            "plain_output": plain_output}
 
 
 _LOADER = textwrap.dedent("""
     import hashlib, json, sys
+    import numpy as np
     from pathlib import Path
     import matplotlib
     matplotlib.use("Agg")
@@ -239,15 +351,22 @@ _LOADER = textwrap.dedent("""
                 "size": list(ex["image"].shape[:2]),
                 "bbox": objects["bbox"].numpy().tolist(),
                 "box_pixels": objects["box_pixels"].numpy().tolist(),
-                "labels": objects["labels"].to_list(),
+                "labels": [np.flatnonzero(hot).tolist() for hot in objects["labels"].numpy()],
                 "person_id": objects["person_id"].numpy().tolist(),
             }
     figure = tfds.visualization.show_examples(ds, info, rows=1, cols=2)
     figure.savefig(out / "examples.png")
     frame = tfds.as_dataframe(ds.take(2), info)
-    result["dataframe"] = {"rows": len(frame), "columns": sorted(frame.columns)}
+    result["dataframe"] = {"rows": len(frame), "columns": sorted(frame.columns),
+                           "html": frame._repr_html_()}
+    # batches as VOC/COCO do: images and objects padded to the batch's largest
+    batch = next(iter(tfds.as_numpy(ds.padded_batch(4))))
+    result["batch"] = {key: [list(value.shape), str(value.dtype)] for key, value in (
+        ("image", batch["image"]), ("labels", batch["objects"]["labels"]),
+        ("bbox", batch["objects"]["bbox"]), ("timestamp", batch["timestamp"]))}
+    result["class_names"] = info.features["objects"]["labels"].names
     for data_dir in [str(plain), *others]:
-        folder = Path(data_dir) / "ava_keyframes" / "v2.2" / "1.0.0"
+        folder = Path(data_dir) / "ava_keyframes" / "v2.2" / "2.0.0"
         result["content"][data_dir] = {
             split: sorted(
                 hashlib.sha256(tf.train.Example.FromString(record.numpy()).SerializeToString(
@@ -258,8 +377,12 @@ _LOADER = textwrap.dedent("""
             for split in ("train", "validation")
         }
         report = json.loads((folder / "build_report.json").read_text())
-        for split_report in report["splits"].values():  # reasons differ once one is recorded
+        fetch = result.setdefault("fetch", {})[data_dir] = {}
+        for split, split_report in report["splits"].items():
+            # reasons differ once one is recorded; how a video came depends on the cache
             split_report["videos_unavailable"] = sorted(split_report["videos_unavailable"])
+            fetch[split] = {key: split_report.pop(key)
+                            for key in ("videos_fetched", "bytes_fetched", "fetch_modes")}
         result["content"][data_dir]["report"] = report
         result["content"][data_dir]["loaded"] = {
             split: sum(1 for _ in tfds.load("ava_keyframes/v2.2", split=split,
@@ -352,8 +475,8 @@ def test_build_report_counts_unavailable_and_undecodable_videos(e2e, loaded, bui
     expected = _expected_keyframes(info, "train")
     unavailable = sum(1 for video_id, _ in expected if video_id == missing)
     undecodable = sum(1 for video_id, _ in expected if video_id == broken)
-    assert train["keyframes_skipped"] == {builder_module.VIDEO_UNAVAILABLE: unavailable,
-                                          builder_module.FRAME_MISSING: undecodable}
+    assert train["keyframes_skipped"] == {plan.VIDEO_UNAVAILABLE: unavailable,
+                                          plan.FRAME_MISSING: undecodable}
     assert list(train["video_errors"]) == [broken]
     assert train["keyframes_annotated"] == len(expected)
     assert train["keyframes_written"] == len(expected) - unavailable - undecodable == sum(
@@ -367,6 +490,34 @@ def test_build_report_counts_unavailable_and_undecodable_videos(e2e, loaded, bui
     validation = report["splits"]["validation"]
     assert validation["rows_without_boxes"] == 1
     assert validation["keyframes_written"] == validation["keyframes_annotated"]
+    assert report["decoder"]["engine"] == "pyav" and report["missing_accepted"] is False
+
+
+def test_build_report_records_how_each_video_was_fetched(e2e, loaded, builds):
+    info = e2e["info"]
+    downloaded = [v for v in info.ids["train"] if v not in (e2e["missing"], e2e["broken"])]
+    plain = loaded["fetch"][str(builds["plain"])]["train"]
+    fetched = plain["videos_fetched"]
+    assert all(fetched[v]["fetch_mode"] in ("whole", "window") for v in downloaded)
+    assert all(fetched[v]["bytes_fetched"] > 0 for v in downloaded)
+    assert plain["bytes_fetched"] == sum(f["bytes_fetched"] for f in fetched.values())
+    assert sum(plain["fetch_modes"].values()) == len(fetched)
+    cached = loaded["fetch"][str(builds["in_folder"])]["train"]  # same cache, filled before
+    assert all(cached["videos_fetched"][v] == {"fetch_mode": "cache", "bytes_fetched": 0}
+               for v in downloaded)
+
+
+def test_plain_tfds_build_builds_v2_2_and_skips_v2_1_in_one_line(e2e, builds):
+    """`tfds build ava_keyframes` without --config builds every config it can; here only v2.2
+    annotations are in the manual dir and the annotations' server cannot be reached."""
+    lines = builds["plain_output"].splitlines()
+    skipped = [line for line in lines if re.match(r"ava_keyframes/\S+: skipped: ", line)]
+    assert len(skipped) == 1 and skipped[0].startswith("ava_keyframes/v2.1/2.0.0: skipped: ")
+    assert str(e2e["manual"] / "annotations") in skipped[0] and "ava_v2.1.zip" in skipped[0]
+    assert not any("Traceback" in line for line in lines)
+    assert (builds["plain"] / "ava_keyframes" / "v2.2" / "2.0.0" / "dataset_info.json").is_file()
+    assert not (builds["plain"] / "ava_keyframes" / "v2.1" / "2.0.0").exists()
+    assert sum(f"video {e2e['missing']} missing" in line for line in lines) == 1  # listed
 
 
 def test_folder_beam_and_resumed_builds_hold_the_same_content(loaded, builds):
@@ -382,6 +533,21 @@ def test_show_examples_and_as_dataframe_work(loaded):
     assert loaded["dataframe"]["rows"] == 2
     assert {"image", "objects/bbox", "objects/labels", "video_id"} <= set(
         loaded["dataframe"]["columns"])
+    html = loaded["dataframe"]["html"]
+    assert "RaggedTensor" not in html
+    assert any(f"({name})" in html for name in ("sit", "stand", "walk"))  # class names shown
+    assert loaded["class_names"] == LABELMAP.names
+
+
+def test_examples_batch_with_padded_batch(loaded):
+    """Fixed-shape multi-hot labels: objects pad to [B, N, 80] like VOC's and COCO's."""
+    batch = loaded["batch"]
+    size, persons = batch["image"][0][0], batch["labels"][0][1]
+    assert size == 4 and persons >= 1
+    assert batch["labels"] == [[size, persons, 80], "bool"]
+    assert batch["bbox"] == [[size, persons, 4], "float32"]
+    assert batch["image"] == [[size, SIZE[1], SIZE[0], 3], "uint8"]
+    assert batch["timestamp"] == [[size], "int32"]
 
 
 # --- export-csv ------------------------------------------------------------------------------
@@ -417,3 +583,14 @@ def test_export_csv_unknown_split_is_a_one_line_error(builds, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ava-keyframes: error: ") and "'test'" in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_export_csv_into_a_file_is_a_one_line_error(builds, tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("not a folder")
+    code = cli_main(["export-csv", "--data-dir", str(builds["plain"]), "--split", "validation",
+                     "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ava-keyframes: error: ") and str(out) in err[0]
+    assert out.read_text() == "not a folder"

@@ -103,3 +103,11 @@ def test_cli_malformed_is_one_line_error(tmp_path, capsys):
     assert main(["labelmap", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}:1:" in err and "Traceback" not in err
+
+
+def test_cli_classes_csv_into_a_folder_is_one_line_error(ava_data, tmp_path, capsys):
+    code = main(["labelmap", str(ava_data / "ava_action_list_v2.2.pbtxt"),
+                 "--classes-csv", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path) in err and "Traceback" not in err

@@ -301,3 +301,12 @@ def test_cli_synth_mistakes_are_one_line_errors(tmp_path, capsys, args, message)
     err = capsys.readouterr().err
     assert err.startswith("ava-keyframes: error: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_synth_into_a_file_is_a_one_line_error(tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("not a folder")
+    assert cli.main(["synth", str(out), "--videos", "2", "--seconds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ava-keyframes: error: ") and str(out) in err
+    assert len(err.strip().splitlines()) == 1 and out.read_text() == "not a folder"

@@ -1,0 +1,178 @@
+"""What a build of `ava_keyframes` will do, and what it did (``build_report.json``).
+
+A split's annotations become one ``VideoJob`` per video (decided before any video is
+touched); each job ends as a ``VideoOutcome`` (keyframes written, and why the others were
+not); ``build_report`` puts them together so that every row read and every keyframe
+annotated is counted once, as written or under the reason it was not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ava_keyframes.annotations import Annotations, Person
+
+# Why a keyframe of the CSVs is not in the dataset (keys of ``keyframes_skipped``).
+OVER_LIMIT = "over max_per_video"
+VIDEO_UNAVAILABLE = "video unavailable"
+VIDEO_LOST = "video lost to a transient cause (accepted)"
+FRAME_MISSING = "frame not extracted"
+NOT_GENERATED = "not generated (generation stopped early)"
+
+_VALUE_PART = re.compile(r":\s|\s'")  # where a rejection reason starts quoting the bad value
+
+
+def pixel_box(box: Sequence[float], width: int, height: int) -> np.ndarray:
+    """Normalized ``[x1, y1, x2, y2]`` -> float32 pixels of a ``width`` x ``height`` image,
+    clipped to it. The one place where AVA boxes become pixel boxes."""
+    x1, y1, x2, y2 = box
+    pixels = np.array([x1 * width, y1 * height, x2 * width, y2 * height], dtype=np.float64)
+    return np.clip(pixels, 0, [width, height, width, height]).astype(np.float32)
+
+
+def select_keyframes(seconds: Sequence[int], limit: int | None) -> list[int]:
+    """At most ``limit`` of the sorted ``seconds``, spread evenly: the middle one of each of
+    ``limit`` equal runs. Deterministic, and the same whichever machine builds."""
+    if limit is None or len(seconds) <= limit:
+        return list(seconds)
+    n = len(seconds)
+    return [seconds[(2 * i + 1) * n // (2 * limit)] for i in range(limit)]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoJob:
+    """One video of one split and the keyframes to take from it."""
+
+    split: str
+    video_id: str
+    keyframes: tuple[tuple[int, tuple[Person, ...]], ...]  # (second, persons), ascending
+
+    @property
+    def seconds(self) -> list[int]:
+        return [second for second, _ in self.keyframes]
+
+
+@dataclasses.dataclass
+class VideoOutcome:
+    """What became of one VideoJob: keyframes written, why the others were not, and how the
+    video was fetched."""
+
+    split: str
+    video_id: str
+    selected: int
+    written: int = 0
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    unavailable: str | None = None  # why the video could not be fetched
+    transient: bool = False  # ... and that cause may pass (a rebuild may get it)
+    error: str | None = None  # why decoding stopped short of the selected keyframes
+    fetch_mode: str | None = None
+    bytes_fetched: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SplitPlan:
+    """A split's annotation counts (everything decided before any video is touched)."""
+
+    annotation_file: str
+    rows_read: int
+    rows_used: int
+    rows_without_boxes: int
+    rows_skipped: dict[str, int]
+    rejected_rows: list[str]
+    keyframes_annotated: int
+    jobs: list[VideoJob]
+
+    @classmethod
+    def from_annotations(
+        cls, split: str, annotations: Annotations, max_per_video: int | None
+    ) -> SplitPlan:
+        by_video: dict[str, list[tuple[int, tuple[Person, ...]]]] = {}
+        for (video_id, second), persons in annotations.keyframes().items():
+            by_video.setdefault(video_id, []).append((second, tuple(persons)))
+        jobs = []
+        for video_id, keyframes in by_video.items():
+            persons_at = dict(keyframes)
+            chosen = select_keyframes([second for second, _ in keyframes], max_per_video)
+            jobs.append(VideoJob(split, video_id, tuple((s, persons_at[s]) for s in chosen)))
+        return cls(
+            annotation_file=Path(annotations.path).name,
+            rows_read=annotations.rows_read,
+            rows_used=len(annotations.table),
+            rows_without_boxes=annotations.rows_read - len(annotations.table)
+            - len(annotations.report),
+            rows_skipped=dict(Counter(_reason_kind(r.field, r.reason) for r in annotations.report)),
+            rejected_rows=[str(r) for r in annotations.report],
+            keyframes_annotated=sum(len(k) for k in by_video.values()),
+            jobs=jobs,
+        )
+
+
+def _reason_kind(field: str, reason: str) -> str:
+    """A rejection reason without the offending value ("not a number: '3_'" -> "not a number")."""
+    return f"{field}: {_VALUE_PART.split(reason, maxsplit=1)[0]}"
+
+
+def build_report(
+    name: str, options: dict[str, Any], plans: dict[str, SplitPlan],
+    outcomes: list[VideoOutcome], decoder: dict[str, str],
+) -> dict[str, Any]:
+    """The content of ``build_report.json``. Per split, ``rows_read`` = ``rows_used`` +
+    ``rows_without_boxes`` + the ``rows_skipped``, and ``keyframes_annotated`` =
+    ``keyframes_written`` + the ``keyframes_skipped``: every keyframe is counted once, as
+    written or under the reason it was not. ``videos_unavailable``: videos their sources do
+    not have; ``videos_lost``: videos lost to a cause that may pass (a rebuild may get them)."""
+    report: dict[str, Any] = {"dataset": name, "options": options, "decoder": decoder,
+                              "splits": {}}
+    done = {(o.split, o.video_id): o for o in outcomes}
+    for split, plan in plans.items():
+        report["splits"][split] = _split_report(plan, [done.get((split, j.video_id))
+                                                       for j in plan.jobs])
+    return report
+
+
+def _split_report(plan: SplitPlan, outcomes: list[VideoOutcome | None]) -> dict[str, Any]:
+    skipped: Counter[str] = Counter()
+    unavailable, lost, errors, fetched = {}, {}, {}, {}
+    for job, outcome in zip(plan.jobs, outcomes, strict=True):
+        if outcome is None:  # generation cut short (e.g. --max_examples_per_split)
+            skipped[NOT_GENERATED] += len(job.keyframes)
+            continue
+        skipped.update(outcome.skipped)
+        unaccounted = outcome.selected - outcome.written - sum(outcome.skipped.values())
+        skipped[NOT_GENERATED] += unaccounted
+        if outcome.unavailable:
+            (lost if outcome.transient else unavailable)[job.video_id] = outcome.unavailable
+        if outcome.error:
+            errors[job.video_id] = outcome.error
+        if outcome.fetch_mode:
+            fetched[job.video_id] = {"fetch_mode": outcome.fetch_mode,
+                                     "bytes_fetched": outcome.bytes_fetched}
+    skipped[OVER_LIMIT] = plan.keyframes_annotated - sum(len(j.keyframes) for j in plan.jobs)
+    return {
+        "annotation_file": plan.annotation_file,
+        "rows_read": plan.rows_read,
+        "rows_used": plan.rows_used,
+        "rows_without_boxes": plan.rows_without_boxes,
+        "rows_skipped": dict(sorted(plan.rows_skipped.items())),
+        "keyframes_annotated": plan.keyframes_annotated,
+        "keyframes_written": sum(o.written for o in outcomes if o is not None),
+        "keyframes_skipped": dict(sorted((k, v) for k, v in skipped.items() if v)),
+        "videos": len(plan.jobs),
+        "videos_unavailable": dict(sorted(unavailable.items())),
+        "videos_lost": dict(sorted(lost.items())),
+        "video_errors": dict(sorted(errors.items())),
+        "videos_fetched": dict(sorted(fetched.items())),
+        "bytes_fetched": sum(f["bytes_fetched"] for f in fetched.values()),
+        "fetch_modes": dict(sorted(Counter(f["fetch_mode"] for f in fetched.values()).items())),
+        "rejected_rows": plan.rejected_rows,
+    }
