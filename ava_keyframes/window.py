@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import tempfile
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -37,6 +38,7 @@ from stat import S_ISREG
 
 import av
 
+from ava_keyframes.media import Video, VideoError
 from ava_keyframes.remote import Deadline, Meter, Refused, Remote, RemoteError
 
 MIN_BLOCK = 16 * 1024
@@ -193,12 +195,15 @@ def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str 
     wanted = sorted({Fraction(s) for s in seconds})
     if not wanted or wanted[0] < 0:
         raise ValueError(f"a window needs one or more seconds >= 0, got {wanted[:3]}")
+    muxer = _MUXERS.get(path.suffix.lower())
+    if muxer is None:
+        raise ValueError(f"{path}: unsupported container {path.suffix!r} for a window")
     existing = read_window(path)
     if existing is not None and existing.source.url == url and existing.covers(wanted):
         return existing
     with RangeFile(url, remote, meter) as reader:
         try:
-            window = _fetch_into(reader, wanted[0], wanted[-1], path, existing,
+            window = _fetch_into(reader, wanted[0], wanted[-1], path, muxer, existing,
                                  Path(partial_dir))
         except av.FFmpegError as error:
             raise WindowError(f"{url}: no window can be cut from it ({error})") from None
@@ -235,11 +240,8 @@ class _Piece:
     end: Fraction | None
 
 
-def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path,
+def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path, muxer: str,
                 existing: Window | None, partial_dir: Path) -> Window:
-    muxer = _MUXERS.get(path.suffix.lower())
-    if muxer is None:
-        raise ValueError(f"{path}: unsupported container {path.suffix!r} for a window")
     temps: list[Path] = []
 
     def temp() -> Path:
@@ -251,7 +253,7 @@ def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path,
     try:
         with av.open(reader, "r") as container:
             stream = _video_stream(container, reader.url)
-            origin = _first_frame_time(container, stream, reader.url)
+            origin = _first_frame_time(container, reader.url)
             if existing is not None and (existing.source != reader.source
                                          or existing.origin != origin):
                 existing = None  # a different file now: start over
@@ -296,16 +298,13 @@ def _time(packet_or_frame_pts: int, stream: av.VideoStream) -> Fraction:
     return packet_or_frame_pts * Fraction(stream.time_base)
 
 
-def _first_frame_time(container: av.container.InputContainer, stream: av.VideoStream,
-                      url: str) -> Fraction:
-    """Presentation time of the first frame the decoder outputs (read from the file start)."""
-    container.seek(0, stream=stream, backward=True)
-    for packet in container.demux(stream):
-        for frame in packet.decode():
-            if frame.pts is None:
-                raise WindowError(f"{url}: the first video frame has no timestamp")
-            return _time(frame.pts, stream)
-    raise WindowError(f"{url}: no decodable video frame")
+def _first_frame_time(container: av.container.InputContainer, url: str) -> Fraction:
+    """Where the original's seconds count from: its first frame, found by the decoding
+    engine itself (:class:`ava_keyframes.media.Video`), so that both agree exactly."""
+    try:
+        return Video(Path(urllib.parse.urlsplit(url).path), container).start
+    except VideoError as error:
+        raise WindowError(f"{url}: no window can be cut from it ({error})") from None
 
 
 class _Span:
