@@ -104,6 +104,134 @@ def extract_keyframes(
                                    f"{_listed(missing)} ({answers.why_missing()})", missing)
 
 
+@dataclass(frozen=True)
+class Clip:
+    """A keyframe and the clip of frames around it (see :func:`extract_clips`)."""
+
+    second: Second
+    keyframe: np.ndarray
+    """H x W x 3 uint8 RGB: what :func:`extract_keyframes` yields for ``second``."""
+    frames: np.ndarray
+    """T x h x w x 3 uint8 RGB, shorter side ``clip_short_side``."""
+    padded: int
+    """How many of ``frames`` lie before the video's first frame or after its last, and so
+    repeat the nearest frame."""
+
+
+def clip_offsets(length: int, stride: int) -> list[Fraction]:
+    """Offsets from the keyframe of a clip's frames: ``(k - length // 2) * stride / 30`` s."""
+    if length < 1 or stride < 1:
+        raise ValueError(f"clip length and stride must be positive, got {length}, {stride}")
+    return [Fraction((k - length // 2) * stride, 30) for k in range(length)]
+
+
+def extract_clips(
+    path: str | os.PathLike, seconds: Iterable[Second], *, length: int, stride: int,
+    clip_short_side: int = 256, max_side: int | None = None, origin: Fraction | None = None,
+) -> Iterator[Clip]:
+    """Yield a :class:`Clip` for each requested second, ascending, from one decoding pass.
+
+    Clip frame ``k`` (``k = 0 .. length - 1``) is the first frame at or after
+    ``second + (k - length // 2) * stride / 30`` (the keyframe rule, so timing holds at any
+    frame rate), resized to a shorter side of ``clip_short_side``. Times before the video's
+    first frame take that frame and times after its last frame take the last one, counted
+    in ``Clip.padded``. ``seconds``, ``max_side`` and ``origin`` are as for
+    :func:`extract_keyframes`; so is ``MissingKeyframes``, raised at the end for seconds
+    whose keyframe or clip this file cannot give whole (a window too short, a corrupt or
+    truncated file). Memory holds the clips in flight, never the video.
+    """
+    wanted = sorted_unique(seconds)
+    check_max_side(max_side)
+    if clip_short_side < 1:
+        raise ValueError(f"clip_short_side must be positive, got {clip_short_side}")
+    offsets = clip_offsets(length, stride)
+    with open_video(path) as video:
+        start = video.start if origin is None else Fraction(origin)
+        clips = [_ClipSlots(w, [start + w.exact + offset for offset in offsets], start)
+                 for w in wanted]
+        times = sorted({time for clip in clips for time in clip.times})
+        answers = Answers(video, times, origin=None if origin is None else start)
+        filler = _ClipFiller(clips, times, max_side, clip_short_side)
+        for index, frame in answers:
+            yield from filler.fill(index, frame)
+        if answers.last_frame is not None and origin is None and not answers.ends_early():
+            yield from filler.pad_end(answers.unanswered, answers.last_frame,
+                                      answers.last_time)
+        if filler.waiting:
+            missing = [clip.wanted.given for clip in filler.waiting]
+            raise MissingKeyframes(f"{video.path}: no whole clip for second(s) "
+                                   f"{_listed(missing)} ({answers.why_missing()})", missing)
+
+
+class _ClipSlots:
+    """One clip being filled: the times of its frames (the keyframe's among them)."""
+
+    def __init__(self, wanted: Wanted, times: list[Fraction], start: Fraction) -> None:
+        self.wanted = wanted
+        self.times = times
+        self.keyframe: np.ndarray | None = None
+        self.frames: np.ndarray | None = None
+        self.filled = 0
+        self.padded = sum(time < start for time in times)
+
+    def done(self) -> bool:
+        return self.filled == len(self.times) and self.keyframe is not None
+
+
+class _ClipFiller:
+    """Puts each answered frame into the clips that need it and hands on finished clips in
+    order of second; clips not begun hold no memory."""
+
+    def __init__(self, clips: list[_ClipSlots], times: list[Fraction], max_side: int | None,
+                 short_side: int) -> None:
+        self.waiting = deque(clips)
+        self._times = times
+        self._max_side = max_side
+        self._short_side = short_side
+        self._needs: dict[int, list[tuple[_ClipSlots, int]]] = {}
+        position = {time: index for index, time in enumerate(times)}
+        for clip in clips:
+            for slot, time in enumerate(clip.times):
+                self._needs.setdefault(position[time], []).append((clip, slot))
+
+    def fill(self, index: int, frame: av.VideoFrame, padding: bool = False
+             ) -> Iterator[Clip]:
+        """Put ``frame`` where time ``index`` is needed (with ``padding``, not as a
+        keyframe: a keyframe past the end is missing, never padded)."""
+        small = None
+        for clip, slot in self._needs.pop(index, []):
+            keyframe = slot == len(clip.times) // 2
+            if padding and keyframe:
+                continue
+            if small is None:
+                size = short_side_size(frame.width, frame.height, self._short_side)
+                small = to_rgb(frame, size=size)
+            if clip.frames is None:
+                clip.frames = np.empty((len(clip.times), *small.shape), np.uint8)
+            clip.frames[slot] = small
+            clip.filled += 1
+            clip.padded += padding
+            if keyframe:
+                clip.keyframe = to_rgb(frame, self._max_side)
+        while self.waiting and self.waiting[0].done():
+            clip = self.waiting.popleft()
+            yield Clip(clip.wanted.given, clip.keyframe, clip.frames, clip.padded)
+
+    def pad_end(self, unanswered: list[int], last: av.VideoFrame, last_time: Fraction
+                ) -> Iterator[Clip]:
+        """Times after the video's last frame repeat that frame."""
+        for index in sorted(unanswered):
+            if self._times[index] > last_time:
+                yield from self.fill(index, last, padding=True)
+
+
+def short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled (up or down) so that the shorter side is ``short_side``."""
+    if width <= height:
+        return short_side, max(1, _round_half_up(Fraction(height * short_side, width)))
+    return max(1, _round_half_up(Fraction(width * short_side, height))), short_side
+
+
 def check_max_side(max_side: int | None) -> None:
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
@@ -181,7 +309,8 @@ class Answers:
     rather than answered by a later frame. None: the file is the whole video.
 
     Afterwards ``unanswered`` lists the indices that got no frame, and ``last_frame`` holds
-    the file's last frame if a run decoded to the end of the file without error.
+    the file's last frame (at ``last_time``) if a run decoded to the end of the file without
+    error.
     """
 
     def __init__(self, video: Video, times: list[Fraction], *,
@@ -225,11 +354,22 @@ class Answers:
                 yield run.popleft(), frame
             if not run:
                 return
+        if frame is not None and wanted is not None and not self.video.problem:
+            # the frames after the last decoded one were skipped: decode them to find the end
+            end = deque(self.video.frames_from(time), maxlen=1)
+            if end:
+                time, frame = end[0]
         if self.video.problem:
             self.problems.append(self.video.problem)
         elif frame is not None:
             self.last_frame, self.last_time = frame, time
         self.unanswered += run
+
+    def ends_early(self) -> bool:
+        """Whether the frames end more than a second before the end the header declares
+        (a truncated file; the header's end may count a longer audio track)."""
+        end, declared = self.last_time, self.video.declared_end
+        return end is not None and declared is not None and end + 1 < declared
 
     def why_missing(self) -> str:
         """Why ``unanswered`` got no frame, for a message (times counted from ``origin``)."""
@@ -242,7 +382,7 @@ class Answers:
             return (f"this file holds the video from {float(held_from - origin):.3f} s to "
                     f"{float(self._latest - origin):.3f} s")
         end, declared = self.last_time, self.video.declared_end
-        if end is not None and declared is not None and end + 1 < declared:
+        if self.ends_early():
             return (f"truncated file: frames end at {float(end - origin):.3f} s, "
                     f"its header says {float(declared - origin):.3f} s")
         lasts = "unknown" if end is None else f"{float(end - origin):.3f} s"

@@ -1,0 +1,127 @@
+"""Clips around keyframes: every clip frame is the frame the rule names, at any frame rate."""
+
+from __future__ import annotations
+
+import bisect
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from ava_keyframes.frames import MissingKeyframes, extract_clips, extract_keyframes
+from ava_keyframes.media import Video
+from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
+
+SIZE = (160, 120)
+DURATION = 4.0
+SECONDS = [0, 1, 2.5, 3.9]  # clips at 0 and 3.9 reach past both ends
+
+# (fps, variable frame rate, container)
+KINDS = [(30, False, "mp4"), (25, False, "mkv"), (Fraction(24000, 1001), False, "mp4"),
+         (30, True, "mkv")]
+
+
+def _kind_id(kind: tuple) -> str:
+    fps, vfr, container = kind
+    return f"{container}-{float(fps):.3f}fps{'-vfr' if vfr else ''}"
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    made = {}
+    for kind in KINDS:
+        fps, vfr, container = kind
+        made[kind] = folder / f"{_kind_id(kind)}.{container}"
+        write_stamped_video(made[kind], duration=DURATION, fps=fps, size=SIZE,
+                            container=container, vfr=vfr)
+    return made
+
+
+def frame_times(path: Path) -> list[Fraction]:
+    """Every frame's exact time from the first frame, by a plain decode from the start."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        times = [frame.pts * stream.time_base for frame in container.decode(stream)]
+    return [time - times[0] for time in times]
+
+
+def expected_clip(times: list[Fraction], second: float, length: int, stride: int
+                  ) -> tuple[list[int], int]:
+    """The rule for each clip time (the last frame past the end), and the padded count."""
+    indices, padded = [], 0
+    for k in range(length):
+        time = Fraction(repr(second)) + Fraction((k - length // 2) * stride, 30)
+        index = bisect.bisect_left(times, time)
+        padded += time < 0 or index == len(times)
+        indices.append(min(index, len(times) - 1))
+    return indices, padded
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=_kind_id)
+@pytest.mark.parametrize("length, stride", [(8, 8), (5, 3), (32, 2)])
+def test_every_clip_frame_is_the_one_the_rule_names(videos, kind, length, stride):
+    path = videos[kind]
+    times = frame_times(path)
+    clips = list(extract_clips(path, SECONDS, length=length, stride=stride,
+                               clip_short_side=SIZE[1]))
+    assert [clip.second for clip in clips] == SECONDS
+    keyframes = dict(extract_keyframes(path, SECONDS))
+    for clip in clips:
+        indices, padded = expected_clip(times, clip.second, length, stride)
+        assert [read_frame_stamp(frame) for frame in clip.frames] == indices, clip.second
+        assert clip.padded == padded
+        assert np.array_equal(clip.keyframe, keyframes[clip.second])
+    assert clips[0].padded > 0 and clips[-1].padded > 0 and clips[2].padded == 0
+
+
+def test_clip_frames_are_resized_by_their_shorter_side(videos):
+    path = videos[KINDS[0]]
+    times = frame_times(path)
+    (small,) = extract_clips(path, [2], length=4, stride=4, clip_short_side=64, max_side=80)
+    assert small.frames.shape == (4, 64, 85, 3) and small.keyframe.shape == (60, 80, 3)
+    (large,) = extract_clips(path, [2], length=4, stride=4, clip_short_side=240)
+    assert large.frames.shape == (4, 240, 320, 3)
+    assert [read_frame_stamp(f) for f in large.frames] == expected_clip(times, 2, 4, 4)[0]
+
+
+def test_clips_stream_out_in_one_pass(videos, monkeypatch):
+    """One decode for close seconds, and each clip is handed on before the decode ends:
+    memory holds the clips in flight, not the video."""
+    path = videos[KINDS[1]]
+    decoded, passes = [], []
+    original_decoded, original_from = Video.decoded, Video.frames_from
+
+    def counting(self, packet, after):
+        for item in original_decoded(self, packet, after):
+            decoded.append(item[0])
+            yield item
+
+    def counting_from(self, time, *args):
+        passes.append(time)
+        return original_from(self, time, *args)
+
+    monkeypatch.setattr(Video, "decoded", counting)
+    monkeypatch.setattr(Video, "frames_from", counting_from)
+    clips = extract_clips(path, [1, 1.5, 2, 2.5], length=8, stride=2, clip_short_side=60)
+    first = next(clips)
+    assert first.second == 1 and max(decoded) < 2
+    assert [clip.second for clip in clips] == [1.5, 2, 2.5]
+    assert len(passes) == 1
+
+
+def test_a_clip_without_its_frames_is_reported(videos, tmp_path):
+    source = videos[KINDS[1]]
+    truncated = tmp_path / "truncated.mkv"
+    data = source.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    got = []
+    with pytest.raises(MissingKeyframes) as raised:
+        got.extend(clip.second for clip in extract_clips(truncated, [0.5, 3], length=4,
+                                                         stride=4, clip_short_side=60))
+    assert got == [0.5] and raised.value.missing == [3]
+    assert str(truncated) in str(raised.value)
+    with pytest.raises(ValueError, match="positive"):
+        list(extract_clips(source, [1], length=0, stride=2))
