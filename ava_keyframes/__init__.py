@@ -7,8 +7,6 @@ so ``ava-keyframes labelmap`` does not load TensorFlow Datasets or pandas. The T
 already imported, else right after it is.
 """
 
-from __future__ import annotations
-
 import importlib
 import importlib.abc
 import importlib.util

@@ -48,6 +48,7 @@ EMPTY_SECOND = 900  # in the corpus videos' still pre-roll, before the annotated
 # --fps 10 --size 96x72 --seed 0`, with the four CSVs also copied under their v2.1 names.
 
 
+@pytest.mark.slow
 class AvaKeyframesDummyDataTest(tfds.testing.DatasetBuilderTestCase):
     """Both configs on dummy_data/: 3 keyframes per video, 1 of them excluded."""
 
@@ -92,6 +93,7 @@ def test_custom_config_options_are_validated():
         builder_module.AvaKeyframesConfig(name="x", allow_missing=1)
 
 
+@pytest.mark.slow
 def test_tfds_build_refuses_a_config_named_like_a_path_in_one_line(tmp_path):
     data_dir = tmp_path / "a" / "b" / "data"
     cmd = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes",
@@ -125,6 +127,7 @@ def _build_in_process(root: Path, manual: Path, config) -> tfds.core.DatasetBuil
     return builder
 
 
+@pytest.mark.slow
 def test_options_keep_one_keyframe_per_video_at_max_side(tmp_path):
     config = builder_module.AvaKeyframesConfig(name="v2.2_k1_s48", max_per_video=1, max_side=48)
     builder = _build_in_process(tmp_path, DATASET_FOLDER / "dummy_data", config)
@@ -144,6 +147,7 @@ def test_options_keep_one_keyframe_per_video_at_max_side(tmp_path):
         assert counts["keyframes_skipped"] == {plan.OVER_LIMIT: 1}
 
 
+@pytest.mark.slow
 def test_examples_lost_after_generation_fail_the_build(tmp_path, monkeypatch):
     """What a runner that drops an example looks like: generated, counted, never stored."""
     generate = builder_module.video_examples
@@ -182,6 +186,7 @@ def local_corpus(e2e):
     return manual
 
 
+@pytest.mark.slow
 def test_transient_loss_fails_the_build_then_a_rebuild_is_complete(
         e2e, local_corpus, tmp_path, monkeypatch):
     lost = e2e["info"].ids["train"][0]
@@ -209,6 +214,7 @@ def test_transient_loss_fails_the_build_then_a_rebuild_is_complete(
     assert train["videos_fetched"][lost] == {"fetch_mode": "local", "bytes_fetched": 0}
 
 
+@pytest.mark.slow
 def test_accepted_transient_loss_builds_and_is_recorded(
         e2e, local_corpus, tmp_path, monkeypatch, capsys):
     lost = e2e["info"].ids["train"][0]
@@ -227,6 +233,7 @@ def test_accepted_transient_loss_builds_and_is_recorded(
     assert "built without 1 video(s) lost to a transient cause" in out
 
 
+@pytest.mark.slow
 def test_split_without_any_video_is_a_clear_error(tmp_path):
     manual = tmp_path / "manual"
     shutil.copytree(DATASET_FOLDER / "dummy_data" / "annotations", manual / "annotations")
@@ -428,6 +435,7 @@ def _expected_keyframes(info, split: str) -> dict[tuple[str, int], dict[int, tup
     return persons
 
 
+@pytest.mark.slow
 def test_load_gives_every_expected_keyframe_with_the_right_frame(e2e, loaded):
     info, examples = e2e["info"], loaded["examples"]
     for split, tfds_split in (("train", "train"), ("val", "validation")):
@@ -444,6 +452,7 @@ def test_load_gives_every_expected_keyframe_with_the_right_frame(e2e, loaded):
         assert example["size"] == [SIZE[1], SIZE[0]]
 
 
+@pytest.mark.slow
 def test_boxes_and_multi_labels_match_the_csv(e2e, loaded):
     info = e2e["info"]
     expected = {**_expected_keyframes(info, "train"), **_expected_keyframes(info, "val")}
@@ -467,6 +476,7 @@ def test_boxes_and_multi_labels_match_the_csv(e2e, loaded):
     assert empty["person_id"] == [] and empty["bbox"] == [] and empty["labels"] == []
 
 
+@pytest.mark.slow
 def test_build_report_counts_unavailable_and_undecodable_videos(e2e, loaded, builds):
     info, missing, broken = e2e["info"], e2e["missing"], e2e["broken"]
     report = loaded["content"][str(builds["plain"])]["report"]
@@ -493,6 +503,7 @@ def test_build_report_counts_unavailable_and_undecodable_videos(e2e, loaded, bui
     assert report["decoder"]["engine"] == "pyav" and report["missing_accepted"] is False
 
 
+@pytest.mark.slow
 def test_build_report_records_how_each_video_was_fetched(e2e, loaded, builds):
     info = e2e["info"]
     downloaded = [v for v in info.ids["train"] if v not in (e2e["missing"], e2e["broken"])]
@@ -507,6 +518,7 @@ def test_build_report_records_how_each_video_was_fetched(e2e, loaded, builds):
                for v in downloaded)
 
 
+@pytest.mark.slow
 def test_plain_tfds_build_builds_v2_2_and_skips_v2_1_in_one_line(e2e, builds):
     """`tfds build ava_keyframes` without --config builds every config it can; here only v2.2
     annotations are in the manual dir and the annotations' server cannot be reached."""
@@ -520,6 +532,7 @@ def test_plain_tfds_build_builds_v2_2_and_skips_v2_1_in_one_line(e2e, builds):
     assert sum(f"video {e2e['missing']} missing" in line for line in lines) == 1  # listed
 
 
+@pytest.mark.slow
 def test_folder_beam_and_resumed_builds_hold_the_same_content(loaded, builds):
     content = loaded["content"]
     plain = content[str(builds["plain"])]
@@ -528,6 +541,7 @@ def test_folder_beam_and_resumed_builds_hold_the_same_content(loaded, builds):
         assert content[str(builds[name])] == plain, name
 
 
+@pytest.mark.slow
 def test_show_examples_and_as_dataframe_work(loaded):
     assert loaded["figure"].stat().st_size > 0
     assert loaded["dataframe"]["rows"] == 2
@@ -539,6 +553,7 @@ def test_show_examples_and_as_dataframe_work(loaded):
     assert loaded["class_names"] == LABELMAP.names
 
 
+@pytest.mark.slow
 def test_examples_batch_with_padded_batch(loaded):
     """Fixed-shape multi-hot labels: objects pad to [B, N, 80] like VOC's and COCO's."""
     batch = loaded["batch"]
@@ -553,6 +568,7 @@ def test_examples_batch_with_padded_batch(loaded):
 # --- export-csv ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_csv_writes_images_annotations_and_classes(e2e, builds, loaded, tmp_path):
     out = tmp_path / "export"
     code = cli_main(["export-csv", "--data-dir", str(builds["plain"]), "--split", "validation",
@@ -576,6 +592,7 @@ def test_export_csv_writes_images_annotations_and_classes(e2e, builds, loaded, t
     assert classes == [[name, str(i)] for i, name in enumerate(LABELMAP.names)]
 
 
+@pytest.mark.slow
 def test_export_csv_unknown_split_is_a_one_line_error(builds, tmp_path, capsys):
     code = cli_main(["export-csv", "--data-dir", str(builds["plain"]), "--split", "test",
                      "--out", str(tmp_path / "x")])
@@ -585,6 +602,7 @@ def test_export_csv_unknown_split_is_a_one_line_error(builds, tmp_path, capsys):
     assert not any("Traceback" in line for line in err)
 
 
+@pytest.mark.slow
 def test_export_csv_into_a_file_is_a_one_line_error(builds, tmp_path, capsys):
     out = tmp_path / "file"
     out.write_text("not a folder")

@@ -38,6 +38,9 @@ def test_import_registers_the_dataset_before_or_after_tfds():
     result = _python("""
         import sys
         import ava_keyframes
+        from ava_keyframes import annotations, plan  # submodules, whatever __init__ holds
+        assert (annotations.__name__, plan.__name__) == ("ava_keyframes.annotations",
+                                                         "ava_keyframes.plan")
         assert "tensorflow_datasets" not in sys.modules
         import tensorflow_datasets as tfds
         assert tfds.builder_cls("ava_keyframes").__module__ == (
