@@ -44,9 +44,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         head_depth=args.head_depth, snapshot_path=args.snapshot_path,
         tensorboard_dir=args.tensorboard_dir, mixed_precision=args.mixed_precision,
         jit_compile=args.jit_compile, eval_every=args.eval_every, eval_limit=args.eval_limit,
-        time_limit=args.time_limit,
+        time_limit=args.time_limit, snapshots=not args.no_snapshots, seed=args.seed,
     )
-    output_path(args.snapshot_path, folder=True)
+    if not args.no_snapshots:
+        output_path(args.snapshot_path, folder=True)
     if args.tensorboard_dir:
         output_path(args.tensorboard_dir, folder=True)
     with user_errors(DataError, ModelError, TrainingError), _damaged_model(args.snapshot):
@@ -269,7 +270,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from detector.demo import DemoSettings, print_summary, run_demo
 
-    settings = DemoSettings(train_minutes=args.train_minutes)
+    settings = DemoSettings(epochs=args.epochs, seed=args.seed)
     print_summary(run_demo(args.out, settings))
     return 0
 
@@ -315,6 +316,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-depth", type=positive_int, default=4, help="conv layers per head")
     p.add_argument("--snapshot-path", default="snapshots",
                    help="folder for a .keras snapshot per epoch (default: snapshots)")
+    p.add_argument("--no-snapshots", action="store_true", help="write no per-epoch snapshot")
+    p.add_argument("--seed", type=count, help="fixed seeds and deterministic ops: the same "
+                   "result on every run and any load (the input pipeline then maps serially)")
     p.add_argument("--tensorboard-dir", help="TensorBoard log folder")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
     p.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
@@ -399,10 +403,15 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from detector.demo import DemoSettings  # no TensorFlow: the demo imports it when it runs
+
     p = sub.add_parser(
         "demo", help="the whole pipeline on a synthetic corpus, offline (what `make demo` runs)")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--train-minutes", type=positive_number, default=6.0, help="training budget")
+    p.add_argument("--epochs", type=positive_int, default=DemoSettings.epochs,
+                   help=f"training epochs (default {DemoSettings.epochs})")
+    p.add_argument("--seed", type=count, default=DemoSettings.seed,
+                   help=f"seed of corpus and training (default {DemoSettings.seed})")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -24,7 +24,9 @@ CONFIG = "v2.2"
 
 @dataclass
 class DemoSettings:
-    """Sizes that fit the demo's 15 minutes on 2 CPU cores."""
+    """Sizes that fit the demo's 15 minutes on 2 CPU cores. Training runs a fixed number of
+    epochs with fixed seeds and deterministic ops, so the result does not depend on the
+    machine's load; the wall time is measured and printed, never used to stop."""
 
     videos: int = 10
     seconds: int = 40  # keyframes per video
@@ -36,7 +38,7 @@ class DemoSettings:
     head_depth: int = 2
     batch_size: int = 8
     lr: float = 1e-3
-    train_minutes: float = 6.0
+    epochs: int = 30
     eval_every: int = 5  # epochs between evaluations (mAP drives the learning rate)
     pictures: int = 8
     seed: int = 0
@@ -127,18 +129,19 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResul
     (out / "build_report.json").write_text(json.dumps(report, indent=2))
     info = dataset_info(f"ava_keyframes/{CONFIG}", data_dir)
 
-    print(f"[3/4] training a RetinaNet for {settings.train_minutes:g} minutes on "
-          f"{info.splits['train']} keyframes")
+    print(f"[3/4] training a RetinaNet for {settings.epochs} epochs on "
+          f"{info.splits['train']} keyframes (seed {settings.seed})")
     train_start = time.monotonic()
     trained = train(TrainOptions(
         dataset=f"ava_keyframes/{CONFIG}", data_dir=data_dir, backbone=settings.backbone,
         backbone_width=settings.backbone_width, image_size=settings.image_size,
         fpn_channels=settings.channels, head_channels=settings.channels,
         head_depth=settings.head_depth, batch_size=settings.batch_size, lr=settings.lr,
-        epochs=1000, random_transform=True, eval_every=settings.eval_every,
-        time_limit=settings.train_minutes, snapshot_path=str(work / "snapshots"), verbose=2,
+        epochs=settings.epochs, random_transform=True, eval_every=settings.eval_every,
+        early_stopping_patience=None, snapshots=False, seed=settings.seed, verbose=2,
     ))
     train_minutes = (time.monotonic() - train_start) / 60
+    print(f"trained {settings.epochs} epochs in {train_minutes:.1f} min of wall time")
 
     print(f"[4/4] per-class AP on {info.splits['validation']} held-out keyframes")
     result = evaluate_model(trained.model, info, "validation", data_dir=data_dir,

@@ -1,9 +1,12 @@
 """Training with `model.fit`: keras-retinanet's options on a KerasCV RetinaNet.
 
-Callbacks, in order: the evaluation callback (mAP and per-class AP on the validation split
-through `detector.predict.evaluate_model`, the code `ava-detector evaluate --model` runs),
-ModelCheckpoint (a `.keras` snapshot per epoch), TensorBoard, ReduceLROnPlateau and
-EarlyStopping (both on mAP when evaluating, else the learning rate follows the loss).
+Callbacks, in order: TerminateOnNaN, the evaluation callback (mAP and per-class AP on the
+validation split through `detector.predict.evaluate_model`, the code `ava-detector evaluate
+--model` runs; `mAP` appears in the logs of the epochs it evaluated, never carried over),
+ModelCheckpoint (a `.keras` snapshot per epoch, unless turned off), TensorBoard,
+ReduceLROnPlateau and EarlyStopping (both on mAP when evaluating, so their patience counts
+evaluations; else the learning rate follows the loss). `seed` makes a run repeatable: the same
+seeds and deterministic ops (tf.data then maps serially), so the same result on any load.
 """
 
 from __future__ import annotations
@@ -73,7 +76,9 @@ class TrainOptions:
     eval_every: int = 1  # epochs between evaluations; 0 turns evaluation off
     eval_limit: int | None = None  # evaluate on at most this many validation images
     lr_patience: int = 2  # evaluations (epochs when not evaluating) without improvement
-    early_stopping_patience: int = 5  # evaluations without improvement
+    early_stopping_patience: int | None = 5  # evaluations without improvement; None: off
+    snapshots: bool = True  # a .keras snapshot per epoch under snapshot_path
+    seed: int | None = None  # seeds and deterministic ops: the same result on every run
     time_limit: float | None = None  # minutes; training stops after the epoch that passes it
     verbose: int | str = "auto"
 
@@ -111,21 +116,24 @@ class EvaluationCallback(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         last = epoch + 1 == self.epochs or self.model.stop_training
         if ((epoch + 1) % self.every == 0 or last) and finite_loss(logs):
-            self.result = evaluate_model(
-                self.model, self.info, self.split, data_dir=self.data_dir,
-                labelmap=self.labelmap, batch_size=self.batch_size, limit=self.limit,
-            )
-            print(f"\nEpoch {epoch + 1}: {self.split} mAP@0.5 = {self.result.mAP:.4f}")
-            print(classes_with_truth(self.result))
-            if self.writer is not None:
-                with self.writer.as_default(step=epoch):
-                    tf.summary.scalar("mAP", self.result.mAP)
-                    for name, value in self.result.per_class.items():
-                        if not math.isnan(value):
-                            tf.summary.scalar(f"AP/{name}", value)
-                self.writer.flush()
-        if self.result is not None:  # absent before the first evaluation, never a fake value
-            logs["mAP"] = self.result.mAP
+            logs["mAP"] = self._evaluate(epoch)
+
+    def _evaluate(self, epoch: int) -> float:
+        """Score the split, print the table, log to TensorBoard; returns the mAP."""
+        self.result = evaluate_model(
+            self.model, self.info, self.split, data_dir=self.data_dir,
+            labelmap=self.labelmap, batch_size=self.batch_size, limit=self.limit,
+        )
+        print(f"\nEpoch {epoch + 1}: {self.split} mAP@0.5 = {self.result.mAP:.4f}")
+        print(classes_with_truth(self.result))
+        if self.writer is not None:
+            with self.writer.as_default(step=epoch):
+                tf.summary.scalar("mAP", self.result.mAP)
+                for name, value in self.result.per_class.items():
+                    if not math.isnan(value):
+                        tf.summary.scalar(f"AP/{name}", value)
+            self.writer.flush()
+        return self.result.mAP
 
 
 class TrainingError(RuntimeError):
@@ -214,6 +222,9 @@ def train(options: TrainOptions) -> TrainResult:
         raise ModelError("--tensorboard-dir needs the tensorboard package: pip install tensorboard")
     if options.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    if options.seed is not None:
+        keras.utils.set_random_seed(options.seed)
+        tf.config.experimental.enable_op_determinism()
     info = dataset_info(options.dataset, options.data_dir)
     evaluating = bool(options.val_split) and options.eval_every > 0
     if evaluating and info.splits and options.val_split not in info.splits:
@@ -234,39 +245,7 @@ def train(options: TrainOptions) -> TrainResult:
     )
     steps = options.steps or max(1, math.ceil(info.splits.get(options.split, 1)
                                               / options.batch_size))
-    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
-    evaluation = None
-    if evaluating:
-        evaluation = EvaluationCallback(
-            info, options.val_split, data_dir=options.data_dir, every=options.eval_every,
-            epochs=options.epochs, limit=options.eval_limit,
-            tensorboard_dir=options.tensorboard_dir, batch_size=options.batch_size,
-        )
-        callbacks.append(evaluation)
-    snapshots = Path(options.snapshot_path)
-    snapshots.mkdir(parents=True, exist_ok=True)
-    # keras-retinanet's snapshot names: <backbone>_<epoch>.keras; a resumed run keeps its name
-    name = (SNAPSHOT_EPOCH.sub("", Path(options.snapshot).name) if options.snapshot
-            else Path(options.preset).name if options.preset else options.backbone)
-    checkpoint = str(snapshots / f"{name}_{{epoch:02d}}.keras")
-    callbacks.append(FiniteCheckpoint(checkpoint))
-    if options.tensorboard_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir))
-    if options.time_limit:
-        callbacks.append(TimeLimit(options.time_limit))
-    # mAP is carried over the epochs between evaluations, so patience counts evaluations.
-    # Before the first evaluation there is no mAP yet: that is expected, not worth a warning.
-    warnings.filterwarnings("ignore", message=".*conditioned on metric `mAP` which is not")
-    monitor, mode, per = ("mAP", "max", options.eval_every) if evaluating else ("loss", "min", 1)
-    callbacks.append(keras.callbacks.ReduceLROnPlateau(
-        monitor=monitor, mode=mode, factor=0.1, patience=options.lr_patience * per,
-        min_lr=options.lr * 1e-3, verbose=1,
-    ))
-    if evaluating:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="mAP", mode="max", patience=options.early_stopping_patience * per, verbose=1,
-        ))
-
+    callbacks, evaluation, name = _callbacks(options, info, evaluating)
     history = model.fit(
         batches, epochs=options.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
         shuffle=False, callbacks=callbacks, verbose=options.verbose,
@@ -276,10 +255,50 @@ def train(options: TrainOptions) -> TrainResult:
             f"training stopped in epoch {initial_epoch + len(history.history['loss'])}: the loss "
             f"became {history.history['loss'][-1]} (diverged; try a lower --lr than "
             f"{options.lr:g}); no snapshot was written for that epoch")
-    written = sorted(snapshots.glob(f"{name}_*.keras"), key=lambda p: p.stat().st_mtime)
+    written = sorted(Path(options.snapshot_path).glob(f"{name}_*.keras"),
+                     key=lambda p: p.stat().st_mtime) if options.snapshots else []
     return TrainResult(
         model=model,
         history=history.history,
         last_snapshot=written[-1] if written else None,
         evaluation=evaluation.result if evaluation else None,
     )
+
+
+def _callbacks(options: TrainOptions, info: DatasetInfo, evaluating: bool
+               ) -> tuple[list[keras.callbacks.Callback], EvaluationCallback | None, str]:
+    """The callbacks of `train` (see the module), the evaluation one, and the snapshots'
+    name stem."""
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    evaluation = None
+    if evaluating:
+        evaluation = EvaluationCallback(
+            info, options.val_split, data_dir=options.data_dir, every=options.eval_every,
+            epochs=options.epochs, limit=options.eval_limit,
+            tensorboard_dir=options.tensorboard_dir, batch_size=options.batch_size,
+        )
+        callbacks.append(evaluation)
+    # keras-retinanet's snapshot names: <backbone>_<epoch>.keras; a resumed run keeps its name
+    name = (SNAPSHOT_EPOCH.sub("", Path(options.snapshot).name) if options.snapshot
+            else Path(options.preset).name if options.preset else options.backbone)
+    if options.snapshots:
+        snapshots = Path(options.snapshot_path)
+        snapshots.mkdir(parents=True, exist_ok=True)
+        callbacks.append(FiniteCheckpoint(str(snapshots / f"{name}_{{epoch:02d}}.keras")))
+    if options.tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir))
+    if options.time_limit:
+        callbacks.append(TimeLimit(options.time_limit))
+    # mAP is logged only on the epochs that evaluate, so patience counts evaluations; the
+    # epochs between are expected to lack it, not worth a warning.
+    warnings.filterwarnings("ignore", message=".*conditioned on metric `mAP` which is not")
+    monitor, mode = ("mAP", "max") if evaluating else ("loss", "min")
+    callbacks.append(keras.callbacks.ReduceLROnPlateau(
+        monitor=monitor, mode=mode, factor=0.1, patience=options.lr_patience,
+        min_lr=options.lr * 1e-3, verbose=1,
+    ))
+    if evaluating and options.early_stopping_patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="mAP", mode="max", patience=options.early_stopping_patience, verbose=1,
+        ))
+    return callbacks, evaluation, name

@@ -291,3 +291,19 @@ def test_pictures_colour_by_class_scale_with_the_image_and_keep_labels_inside():
     for n, _ in enumerate(tiles):  # every tile whole, at its own resolution
         assert (grid == (10 * n, 200, 50)).all(axis=-1).sum() == 240 * 320
     assert grid.shape[1] >= 4 * 320
+
+
+@pytest.mark.slow
+def test_seeded_training_repeats_and_logs_map_only_when_it_evaluated(data_dir, tmp_path):
+    from detector.train import TrainOptions, train
+
+    options = TrainOptions(
+        dataset="detector_toy_ava", data_dir=data_dir, backbone="resnet18", backbone_width=0.25,
+        image_size=96, fpn_channels=8, head_channels=8, head_depth=1, epochs=3, steps=2,
+        batch_size=4, lr=1e-3, random_transform=True, eval_every=2, snapshots=False, seed=3,
+        snapshot_path=str(tmp_path / "never"), verbose=0,
+    )
+    first, second = train(options), train(options)
+    assert first.history["loss"] == second.history["loss"]  # same seed, same run
+    assert len(first.history["loss"]) == 3 and len(first.history["mAP"]) == 2  # epochs 2, 3
+    assert first.last_snapshot is None and not (tmp_path / "never").exists()
