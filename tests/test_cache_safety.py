@@ -174,10 +174,10 @@ def test_two_processes_on_one_cache_write_one_file_once(tmp_path, serve, video):
         for process in (first, second):
             if process is not None and process.poll() is None:
                 process.kill()
-    assert [p.returncode for p in (first, second)] == [0, 0]
-    assert not any("Traceback" in err for _, err in outputs)
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    assert not any("Traceback" in err for _, err in outputs), outputs
     results = [json.loads(out) for out, _ in outputs]
-    assert [r["status"] for r in results] == ["downloaded", "cached"]
+    assert [r["status"] for r in results] == ["downloaded", "cached"], (results, server.requests)
     assert (tmp_path / "videos" / f"{GOOD}.mkv").read_bytes() == video
     assert [p for p, _ in server.requests] == [f"/m/{GOOD}.mkv"]
     assert leftovers(tmp_path) == []
