@@ -184,8 +184,9 @@ def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str 
                  meter: Meter | None = None) -> Window:
     """Make ``path`` a window of the video at ``url`` that answers every second in ``seconds``
     (counted from the video's first frame), fetching only what the window at ``path`` (if
-    any) lacks. Temporary files go to ``partial_dir``; both it and ``path``'s folder must
-    exist (the cache creates and checks its folders). The file keeps the container kind of
+    any) lacks. Temporary files go to ``partial_dir`` (those a killed fetch left are removed);
+    both it and ``path``'s folder must exist (the cache creates and checks its folders, and
+    lets one writer at a time work on a video). The file keeps the container kind of
     ``path``'s suffix (.mp4, .mkv, .webm). HTTP goes through ``remote`` (bytes counted in
     ``meter``). Raises ValueError for no or negative seconds, NoRanges if the server ignores
     Range, the other RemoteErrors of ``remote``, and WindowError if no window can be made of
@@ -242,10 +243,12 @@ class _Piece:
 
 def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path, muxer: str,
                 existing: Window | None, partial_dir: Path) -> Window:
+    for stale in partial_dir.glob(f".{path.name}.*"):  # left by a fetch that was killed
+        stale.unlink()
     temps: list[Path] = []
 
     def temp() -> Path:
-        fd, name = tempfile.mkstemp(dir=partial_dir, prefix=f".{path.stem}.", suffix=path.suffix)
+        fd, name = tempfile.mkstemp(dir=partial_dir, prefix=f".{path.name}.", suffix=path.suffix)
         os.close(fd)
         temps.append(Path(name))
         return temps[-1]
@@ -441,7 +444,7 @@ def _write_sidecar(window: Window, muxer: str, partial_dir: Path) -> None:
             "covers_seconds": [float(window.start),
                                None if window.end is None else float(window.end)],
             "file_size": stat.st_size, "file_mtime_ns": stat.st_mtime_ns}
-    fd, name = tempfile.mkstemp(dir=partial_dir, prefix=".sidecar.", suffix=".json")
+    fd, name = tempfile.mkstemp(dir=partial_dir, prefix=f".{window.path.name}.", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(meta, handle, indent=1)
     os.replace(name, sidecar_path(window.path))

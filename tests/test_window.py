@@ -218,6 +218,11 @@ def test_an_interrupted_range_is_read_again_and_nothing_half_made_is_kept(
                                                       grown.end, grown.source)
     assert grown.path.read_bytes() != before
     assert list((tmp_path / "partial").iterdir()) == []
+    killed = tmp_path / "partial" / f".{video.name}.k1ll3d.webm"  # as a killed fetch leaves it
+    killed.write_bytes(b"half")
+    server.drop = 0
+    fetch(server, video, range(20, 80), tmp_path)
+    assert list((tmp_path / "partial").iterdir()) == []
 
 
 def test_a_changed_file_on_the_server_starts_a_new_window(tmp_path, server, videos):
