@@ -118,7 +118,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
     ids, seconds = _download_ids(args)
     if not ids:
-        raise CliError("no video ids given")
+        raise CliError("no video ids given" if args.csv is None else f"{args.csv}: no valid "
+                       f"rows (`ava-keyframes inspect {args.csv}` lists the rejected ones)")
     if args.jobs < 1:
         raise CliError(f"--jobs must be at least 1, not {args.jobs}")
     with user_errors(ValueError, CacheError):
@@ -143,6 +144,44 @@ def _cmd_download(args: argparse.Namespace) -> int:
           + f" ({transient} transient); {fetched} bytes fetched (cache: {cache.cache_dir})",
           file=console)
     return 1 if transient else 0
+
+
+def _add_download_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="fetch AVA videos into a resumable cache",
+                       description="Fetch videos through local folder, CVDF mirror and YouTube "
+                       "(first success wins) into CACHE/videos/. Permanent failures are "
+                       "recorded in CACHE/unavailable.json and skipped on later runs. Exit "
+                       "status: 0 when every video is in hand or permanently unavailable, 1 "
+                       "when some were lost to a cause that may pass (outage, time or attempt "
+                       "limits, 429, full disk: run again), 2 for a usage error or a cache "
+                       "that cannot be used.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", metavar="ID,ID", help="comma-separated video ids")
+    which.add_argument("--csv", metavar="FILE", help="AVA annotation CSV: fetch its videos")
+    p.add_argument("--cache", required=True, metavar="DIR", help="video cache folder")
+    p.add_argument("--sources", metavar="LIST",
+                   help="order of local,mirror,youtube (default: $AVA_KEYFRAMES_SOURCES or all)")
+    p.add_argument("--mirror", metavar="URL",
+                   help="mirror base URL (default: $AVA_KEYFRAMES_MIRROR or the CVDF mirror)")
+    p.add_argument("--youtube-url-template", metavar="T", help="URL with {id} (default: "
+                   "$AVA_KEYFRAMES_YOUTUBE_TEMPLATE or https://www.youtube.com/watch?v={id})")
+    p.add_argument("--manual-dir", metavar="D", help="folder whose videos/ holds local files")
+    p.add_argument("--jobs", type=int, default=4, help="concurrent downloads (default 4)")
+    p.add_argument("--retry-unavailable", action="store_true",
+                   help="try again the videos recorded as unavailable")
+    p.add_argument("--fetch", choices=("window", "whole"),
+                   help="with --csv, 'window' fetches from the mirror only the span of each "
+                   "video that its keyframes need (into CACHE/windows/), 'whole' whole files "
+                   "(default: $AVA_KEYFRAMES_FETCH or window)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per video on stdout (FetchResult.to_json: status, "
+                   "path, source, reason, origin, fetch_mode, bytes_fetched, transient, "
+                   "note); the lost videos and the total go to stderr")
+    for flag, (kind, meaning) in _LIMIT_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, metavar="N",
+                       help=f"{meaning} (default: $AVA_KEYFRAMES_{flag.upper()} or "
+                       f"{getattr(Limits, flag):,})")
+    p.set_defaults(func=_cmd_download)
 
 
 # --- frames ---
@@ -227,37 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same corpus)")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("download", help="fetch AVA videos into a resumable cache",
-                       description="Fetch videos through local folder, CVDF mirror and YouTube "
-                       "(first success wins) into CACHE/videos/. Permanent failures are "
-                       "recorded in CACHE/unavailable.json and skipped on later runs.")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ids", metavar="ID,ID", help="comma-separated video ids")
-    which.add_argument("--csv", metavar="FILE", help="AVA annotation CSV: fetch its videos")
-    p.add_argument("--cache", required=True, metavar="DIR", help="video cache folder")
-    p.add_argument("--sources", metavar="LIST",
-                   help="order of local,mirror,youtube (default: $AVA_KEYFRAMES_SOURCES or all)")
-    p.add_argument("--mirror", metavar="URL",
-                   help="mirror base URL (default: $AVA_KEYFRAMES_MIRROR or the CVDF mirror)")
-    p.add_argument("--youtube-url-template", metavar="T", help="URL with {id} (default: "
-                   "$AVA_KEYFRAMES_YOUTUBE_TEMPLATE or https://www.youtube.com/watch?v={id})")
-    p.add_argument("--manual-dir", metavar="D", help="folder whose videos/ holds local files")
-    p.add_argument("--jobs", type=int, default=4, help="concurrent downloads (default 4)")
-    p.add_argument("--retry-unavailable", action="store_true",
-                   help="try again the videos recorded as unavailable")
-    p.add_argument("--fetch", choices=("window", "whole"),
-                   help="with --csv, 'window' fetches from the mirror only the span of each "
-                   "video that its keyframes need (into CACHE/windows/), 'whole' whole files "
-                   "(default: $AVA_KEYFRAMES_FETCH or window)")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object per video on stdout (FetchResult.to_json: status, "
-                   "path, source, reason, origin, fetch_mode, bytes_fetched, transient, "
-                   "note); the lost videos and the total go to stderr")
-    for flag, (kind, meaning) in _LIMIT_FLAGS.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, metavar="N",
-                       help=f"{meaning} (default: $AVA_KEYFRAMES_{flag.upper()} or "
-                       f"{getattr(Limits, flag):,})")
-    p.set_defaults(func=_cmd_download)
+    _add_download_parser(sub)
 
     p = sub.add_parser("frames", help="extract frame-exact keyframes from a video",
                        description="Write DIR/<second>.<format> for each requested second: "
