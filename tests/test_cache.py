@@ -106,10 +106,19 @@ def file_server(data: bytes, path: str = MKV, etag: str | None = None):
     return respond
 
 
+@pytest.fixture(autouse=True)
+def no_cache_env(monkeypatch):
+    """The tests choose sources, fetch mode and limits themselves."""
+    for name in [name for name in os.environ if name.startswith("AVA_KEYFRAMES_")]:
+        monkeypatch.delenv(name)
+
+
 def cache_on(server: Hostile, root: Path, waits: list | None = None, **limits) -> VideoCache:
+    """A cache of whole files from ``server``'s /m/ with short limits (``limits`` override)."""
     limits = Limits(**{"read_timeout": 5, "attempts": 4, "backoff": 0.01, **limits})
     return VideoCache(root, sources="mirror", mirror=server.url + "/m/", limits=limits,
-                      sleep=(waits if waits is not None else []).append, hosts=Hosts())
+                      sleep=(waits if waits is not None else []).append, hosts=Hosts(),
+                      fetch="whole")
 
 
 def leftovers(root: Path) -> list[str]:

@@ -14,12 +14,23 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cache import GOOD, MKV, OTHER, answer, cache_on, file_server, leftovers, serve, video
+from test_cache import (
+    GOOD,
+    MKV,
+    OTHER,
+    answer,
+    cache_on,
+    file_server,
+    leftovers,
+    no_cache_env,
+    serve,
+    video,
+)
 
 from ava_keyframes import cli
 from ava_keyframes.cache import CacheError
 
-__all__ = ["serve", "video"]  # fixtures, used by name
+__all__ = ["no_cache_env", "serve", "video"]  # fixtures, used by name
 
 
 @pytest.mark.parametrize("folder", ["partial", "videos"])
