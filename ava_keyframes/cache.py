@@ -2,8 +2,10 @@
 ``locks/`` and ``unavailable.json``.
 
 - One writer per video, across threads, processes and machines sharing the folder: a writer
-  holds ``fcntl.flock`` on ``locks/<id>.lock`` (NFS emulates it with byte-range locks) and
-  looks in ``videos/`` again once it has it, so a second writer finds the first one's file.
+  holds ``fcntl.flock`` on ``locks/<id>.lock`` (Linux NFS clients emulate it with byte-range
+  locks; on a filesystem without working locks, give each machine its own cache) and looks in
+  ``videos/`` again once it has it, so a second writer finds the first one's file. The wait
+  for another writer is bounded by that writer's own limits.
 - A file enters ``videos/`` by an atomic rename, only once its size is known and matches, and
   its MD5 matches where the server published one (an ETag without ``-``, as S3 gives for
   single-part uploads).
