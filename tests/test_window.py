@@ -274,6 +274,26 @@ def test_a_link_planted_in_the_cache_is_never_followed(tmp_path, server, videos)
     assert outside.read_text() == "{}" and video.stat().st_size == layout(video)[0]
 
 
+@pytest.mark.parametrize("name, params", [
+    ("open_gop.mkv", "open-gop=1:keyint=20:min-keyint=20:scenecut=0"),
+    ("b_pyramid.mp4", "b-pyramid=normal:b-adapt=0:keyint=30")])
+def test_open_gops_and_b_pyramids_give_the_same_frames(tmp_path, videos, name, params):
+    """Frames shown before the key frame they follow in decode order (open GOPs), and
+    B-frames referencing B-frames: the window still answers as the whole file."""
+    video = tmp_path / name
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(videos["mp4"]),  # noqa: S603
+                    "-t", "40", "-c:v", "libx264", "-preset", "veryfast", "-bf", "3",
+                    "-x264-params", params, str(video)], check=True)
+    server = RangeServer({"video": video})
+    try:
+        window = fetch(server, video, range(10, 21), tmp_path)
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    seconds = [n / 4 for n in range(40, 81)]  # 10 s .. 20 s by quarter seconds
+    assert_same_frames(keyframes(window.path, seconds, window.origin), keyframes(video, seconds))
+
+
 @pytest.mark.xfail(strict=True, reason="media.Video.complete_until takes a window's last key "
                    "frame as its end; a window that holds the video's end has none after it")
 def test_a_real_world_encode_with_audio_gives_the_same_frames(tmp_path):
