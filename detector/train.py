@@ -26,6 +26,7 @@ from detector import ap
 from detector.ap_inputs import scored_labelmap
 from detector.backbones import preset_backbone
 from detector.data import DataError, DatasetInfo, dataset_info, train_batches
+from detector.keras_retinanet import load_retinanet_weights, retinanet_architecture
 from detector.model import (
     ModelError,
     MultiLabelRetinaNet,
@@ -178,11 +179,12 @@ def classes_with_truth(result: ap.APResult) -> str:
 
 def _new_model(options: TrainOptions, info: DatasetInfo) -> MultiLabelRetinaNet:
     """A model from the flags, started from the weight files they name (`detector.weights`):
-    a whole model (`.keras`, `.weights.h5`), ImageNet backbone weights or a preset folder."""
+    a whole model (`.keras`, `.weights.h5`, a keras-retinanet `.h5`), ImageNet backbone
+    weights or a preset folder."""
     whole = bool(options.weights) and not is_legacy_h5(options.weights)
     if options.backbone_weights and options.preset:
         raise ModelError("--backbone-weights and --preset both give the backbone; choose one")
-    if whole and (options.backbone_weights or options.preset):
+    if options.weights and (options.backbone_weights or options.preset):
         raise ModelError(f"--weights {options.weights} holds a whole model, backbone included; "
                          f"drop --backbone-weights/--preset")
     architecture = {"backbone": options.backbone, "backbone_width": options.backbone_width,
@@ -198,13 +200,14 @@ def _new_model(options: TrainOptions, info: DatasetInfo) -> MultiLabelRetinaNet:
         source = saved_model(options.weights, lambda num_classes: build_model(
             num_classes, image_size=options.image_size, **architecture))
         architecture.update(architecture_of(source))
+    elif options.weights:
+        architecture.update(retinanet_architecture(options.weights))
     model = build_model(info.num_classes, image_size=options.image_size,
                         class_names=info.class_names, class_ids=info.class_ids, **architecture)
     if source is not None:
         print(copy_parts(source, model, options.weights))
     elif options.weights:
-        raise ModelError(f"{options.weights}: weights in the legacy .h5 layout are not a model "
-                         f"from ava-detector train; ImageNet weights go to --backbone-weights")
+        print(load_retinanet_weights(model, options.weights))
     return model
 
 
