@@ -121,12 +121,7 @@ def evaluate(
         labelmap = scored_labelmap()
     gt, empty = _table_and_empty_keyframes(groundtruth)
     det, _ = _table_and_empty_keyframes(detections)
-    excluded_det = 0
-    if exclusions:
-        out = _on_keyframes(gt, exclusions)
-        gt, excluded_gt, empty = gt[~out], int(out.sum()), empty - exclusions
-        out = _on_keyframes(det, exclusions)
-        det, excluded_det = det[~out], int(out.sum())
+    gt, det, empty, excluded = _excluded(gt, det, empty, exclusions)
     ids = np.asarray(labelmap.ids, dtype=np.int64)
 
     gt_key, det_key, empty_key = _keyframe_codes(gt, det, empty)
@@ -145,7 +140,36 @@ def evaluate(
 
     in_map = np.flatnonzero(det_class >= 0)
     d = _Boxes(det, in_map, det_key, det_class, len(ids))
-    dropped = {"excluded_keyframes": excluded_det, "other_classes": len(det) - len(in_map)}
+    dropped = {"excluded_keyframes": excluded[1], "other_classes": len(det) - len(in_map)}
+    d, rank, first_row = _protocol_selection(d, present, dropped)
+    per_class_ap, curves = _per_class_ap(d, g, rank, first_row, num_gt, metric)
+    return APResult(
+        metric=metric,
+        mAP=_mean_ap(per_class_ap, ids),
+        per_class={labelmap.names[c]: float(per_class_ap[c]) for c in range(len(ids))},
+        num_groundtruth={labelmap.names[c]: int(num_gt[c]) for c in range(len(ids))},
+        pr_curves={labelmap.names[c]: curve for c, curve in sorted(curves.items())},
+        dropped=dropped,
+        excluded_groundtruth=excluded[0],
+    )
+
+
+def _excluded(gt: pd.DataFrame, det: pd.DataFrame, empty: set[Keyframe],
+              exclusions: set[Keyframe] | None):
+    """The tables and empty keyframes without the excluded keyframes, and how many ground-truth
+    and detection rows that left out."""
+    if not exclusions:
+        return gt, det, empty, (0, 0)
+    out_gt, out_det = _on_keyframes(gt, exclusions), _on_keyframes(det, exclusions)
+    return (gt[~out_gt], det[~out_det], empty - exclusions,
+            (int(out_gt.sum()), int(out_det.sum())))
+
+
+def _protocol_selection(d: _Boxes, present: np.ndarray, dropped: dict[str, int]
+                        ) -> tuple[_Boxes, np.ndarray, np.ndarray]:
+    """Steps 2 to 4: the 50 best per keyframe, on present keyframes, with valid boxes; counts
+    what each step left out into ``dropped``. Returns the kept detections, their rank in their
+    keyframe's list and the file position of their keyframe's first row."""
     rank, first_row = _keyframe_ranks(d)
     kept = rank < DETECTIONS_PER_KEYFRAME
     dropped["beyond_50_per_keyframe"] = int(np.count_nonzero(~kept))
@@ -154,9 +178,13 @@ def evaluate(
     kept &= on_present
     valid = (d.y1 < d.y2) & (d.x1 < d.x2)
     dropped["invalid_boxes"] = int(np.count_nonzero(kept & ~valid))
-    d = d.take(np.flatnonzero(kept & valid))
-    rank, first_row = rank[kept & valid], first_row[kept & valid]
+    return d.take(np.flatnonzero(kept & valid)), rank[kept & valid], first_row[kept & valid]
 
+
+def _per_class_ap(d: _Boxes, g: _Boxes, rank: np.ndarray, first_row: np.ndarray,
+                  num_gt: np.ndarray, metric: str
+                  ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Steps 5 and 6: AP per class (NaN without ground truth) and the IoU-0.5 curves."""
     best_iou, best_gt = _best_matches(d, g)
     # Upstream appends each keyframe's detections class by class, keyframes in order of
     # their first row; its argsort of that concatenation then decides score ties.
@@ -165,8 +193,8 @@ def evaluate(
         d.score[order], d.cls[order], best_iou[order], best_gt[order], d.group[order]
     )
     thresholds = COCO_IOU_THRESHOLDS if metric == "coco" else np.array([IOU_THRESHOLD])
-    starts = np.searchsorted(cls, np.arange(len(ids) + 1))
-    ap_sum = np.zeros(len(ids))
+    starts = np.searchsorted(cls, np.arange(len(num_gt) + 1))
+    ap_sum = np.zeros(len(num_gt))
     curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for threshold in thresholds:
         tp = _true_positives(best_iou, best_gt, group, rank[order], threshold)
@@ -177,16 +205,7 @@ def evaluate(
                 precision, recall)
             if threshold == IOU_THRESHOLD:
                 curves[c] = (precision, recall)
-    per_class_ap = np.where(num_gt > 0, ap_sum / len(thresholds), np.nan)
-    return APResult(
-        metric=metric,
-        mAP=_mean_ap(per_class_ap, ids),
-        per_class={labelmap.names[c]: float(per_class_ap[c]) for c in range(len(ids))},
-        num_groundtruth={labelmap.names[c]: int(num_gt[c]) for c in range(len(ids))},
-        pr_curves={labelmap.names[c]: curve for c, curve in sorted(curves.items())},
-        dropped=dropped,
-        excluded_groundtruth=excluded_gt if exclusions else 0,
-    )
+    return np.where(num_gt > 0, ap_sum / len(thresholds), np.nan), curves
 
 
 def _on_keyframes(table: pd.DataFrame, keyframes: set[Keyframe]) -> np.ndarray:

@@ -223,6 +223,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         InputError,
         detect_images,
         detections_table,
+        picture_name,
         read_images,
         video_keyframes,
         write_detections_csv,
@@ -244,8 +245,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 if not args.no_pictures:
                     picture = draw_keyframe(image, keyframe, model.class_names,
                                             min_score=args.min_score)
-                    Image.fromarray(picture).save(
-                        out / f"{keyframe.video_id}_{keyframe.second:04d}.png")
+                    Image.fromarray(picture).save(out / picture_name(keyframe))
         except MissingKeyframes as error:
             print(f"ava-detector: warning: {error}", file=sys.stderr)
     table = detections_table(keyframes, model.class_ids)

@@ -105,14 +105,10 @@ def keyframe_pictures(model, data_dir: str, count: int, min_score: float = 0.3) 
 
 def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResult:
     """Run the whole pipeline into ``out`` (its ``work/`` folder is made anew)."""
-    from PIL import Image
-
     import ava_keyframes  # noqa: F401 - registers the TFDS builder
     from ava_keyframes.synth import make_corpus
-    from detector import ap
     from detector.data import dataset_info
     from detector.predict import evaluate_model
-    from detector.train import TrainOptions, train
 
     settings = settings or DemoSettings()
     out = Path(out)
@@ -132,7 +128,29 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResul
     print(f"[3/4] training a RetinaNet for {settings.epochs} epochs on "
           f"{info.splits['train']} keyframes (seed {settings.seed})")
     train_start = time.monotonic()
-    trained = train(TrainOptions(
+    trained = _train(settings, data_dir)
+    train_minutes = (time.monotonic() - train_start) / 60
+    print(f"trained {settings.epochs} epochs in {train_minutes:.1f} min of wall time")
+
+    print(f"[4/4] per-class AP on {info.splits['validation']} held-out keyframes")
+    result = evaluate_model(trained.model, info, "validation", data_dir=data_dir,
+                            detections_csv=out / "detections.csv")
+    outputs = _write_outputs(out, result, trained.model, data_dir, settings)
+    keyframes = {split: report["splits"][split]["keyframes_written"]
+                 for split in ("train", "validation")}
+    (out / "summary.json").write_text(json.dumps({
+        "keyframes": keyframes, "mAP": result.mAP, "epochs": len(trained.history["loss"]),
+        "train_minutes": train_minutes, "total_minutes": (time.monotonic() - started) / 60,
+        "settings": asdict(settings),
+    }, indent=2))
+    return DemoResult(keyframes, result.mAP, len(trained.history["loss"]), train_minutes,
+                      outputs, trained.model, data_dir, result)
+
+
+def _train(settings: DemoSettings, data_dir: str):
+    from detector.train import TrainOptions, train
+
+    return train(TrainOptions(
         dataset=f"ava_keyframes/{CONFIG}", data_dir=data_dir, backbone=settings.backbone,
         backbone_width=settings.backbone_width, image_size=settings.image_size,
         fpn_channels=settings.channels, head_channels=settings.channels,
@@ -140,12 +158,16 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResul
         epochs=settings.epochs, random_transform=True, eval_every=settings.eval_every,
         early_stopping_patience=None, snapshots=False, seed=settings.seed, verbose=2,
     ))
-    train_minutes = (time.monotonic() - train_start) / 60
-    print(f"trained {settings.epochs} epochs in {train_minutes:.1f} min of wall time")
 
-    print(f"[4/4] per-class AP on {info.splits['validation']} held-out keyframes")
-    result = evaluate_model(trained.model, info, "validation", data_dir=data_dir,
-                            detections_csv=out / "detections.csv")
+
+def _write_outputs(out: Path, result, model, data_dir: str, settings: DemoSettings
+                   ) -> dict[str, str]:
+    """The AP table, JSON and chart, the keyframe pictures and the model, beside the
+    detections CSV and the build report; returns {what: path}."""
+    from PIL import Image
+
+    from detector.plots import plot_ap
+
     outputs = {
         "AP table": out / "ap.md",
         "AP JSON": out / "ap.json",
@@ -157,21 +179,11 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> DemoResul
     }
     outputs["AP table"].write_text(result.to_markdown())
     outputs["AP JSON"].write_text(json.dumps(result.to_json(), indent=2))
-    ap.plot_ap(result, outputs["AP chart"])
-    grid = keyframe_pictures(trained.model, data_dir, settings.pictures)
+    plot_ap(result, outputs["AP chart"])
+    grid = keyframe_pictures(model, data_dir, settings.pictures)
     Image.fromarray(grid).save(outputs["keyframes"])
-    trained.model.save(outputs["model"])
-
-    keyframes = {split: report["splits"][split]["keyframes_written"]
-                 for split in ("train", "validation")}
-    (out / "summary.json").write_text(json.dumps({
-        "keyframes": keyframes, "mAP": result.mAP, "epochs": len(trained.history["loss"]),
-        "train_minutes": train_minutes, "total_minutes": (time.monotonic() - started) / 60,
-        "settings": asdict(settings),
-    }, indent=2))
-    return DemoResult(keyframes, result.mAP, len(trained.history["loss"]), train_minutes,
-                      {name: str(path) for name, path in outputs.items()}, trained.model,
-                      data_dir, result)
+    model.save(outputs["model"])
+    return {name: str(path) for name, path in outputs.items()}
 
 
 def print_summary(result: DemoResult) -> None:

@@ -9,7 +9,6 @@ any size (the exported SavedModel's signature), `detect_dataset` feeds it a TFDS
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from ava_keyframes.annotations import VIDEO_ID_RE, Annotations, check_video_id
+from ava_keyframes.annotations import (
+    Annotations,
+    check_video_id,
+    keyframe_key,
+    parse_keyframe_key,
+)
 from ava_keyframes.frames import extract_keyframes
 from ava_keyframes.labelmap import LabelMap
 from detector import ap
@@ -28,8 +32,6 @@ from detector.data import DatasetInfo, eval_batches, letterbox
 from detector.model import ModelError, MultiLabelRetinaNet
 
 CSV_COLUMNS = ["video_id", "second", "x1", "y1", "x2", "y2", "action_id", "score"]
-# An image named like a dataset key, `<video id>_<second>` (as exported), keeps that keyframe.
-KEYFRAME_STEM = re.compile(rf"(?P<video_id>{VIDEO_ID_RE.pattern})_(?P<second>\d+)")
 
 
 @dataclass(frozen=True)
@@ -231,10 +233,19 @@ def video_keyframes(
 def image_keyframe(path: Path) -> tuple[str, int]:
     """(video_id, second) for an image file: from a `<video id>_<second>` name (a dataset
     key, as the builder and export-csv name them), else the file's stem and second 0."""
-    match = KEYFRAME_STEM.fullmatch(path.stem)
-    if match:
-        return match["video_id"], int(match["second"])
-    return path.stem, 0
+    try:
+        return parse_keyframe_key(path.stem)
+    except ValueError:
+        return path.stem, 0
+
+
+def picture_name(keyframe: Keyframe) -> str:
+    """The file name of a keyframe's picture: its key `<video id>_<ssss>.png`; an image of no
+    AVA video keeps its stem with the same suffix, `photo_0000.png`."""
+    try:
+        return f"{keyframe_key(keyframe.video_id, keyframe.second)}.png"
+    except ValueError:
+        return f"{keyframe.video_id}_{keyframe.second:04d}.png"
 
 
 def export(model: MultiLabelRetinaNet, out: str | Path) -> tuple[Path, Path]:
