@@ -6,10 +6,12 @@ from the ground truth, seconds with and without zero padding; distinct scores), 
 as an AVA CSV, then times reading both CSVs and scoring: about 120k detections, and 1M.
 
 Printed ratios, all from this run: scoring time over CSV-reading time (what the evaluation
-adds to parsing), 1M over 120k time per detection and peak memory per detection (linear
-scaling is 1.0), and with `--official DIR` (a local copy of ActivityNet's `Evaluation/`
-folder, patched to run on NumPy 2) the official scorer's time over ours, plus the largest
-per-class difference when its `run_evaluation` returns the metrics dictionary.
+adds to parsing), the whole `ava-detector evaluate` command (a fresh interpreter: imports,
+reading, scoring, printing) over reading + scoring in this process, 1M over 120k time per
+detection and peak memory per detection (linear scaling is 1.0), and with `--official DIR`
+(a local copy of ActivityNet's `Evaluation/` folder, patched to run on NumPy 2) the official
+scorer's time over ours, plus the largest per-class difference when its `run_evaluation`
+returns the metrics dictionary.
 
 Usage: python benchmarks/ap.py [--out DIR] [--official DIR] [--sizes 120000,1000000]
 """
@@ -20,6 +22,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,6 +114,15 @@ def timed_evaluation(groundtruth_csv: Path, detections_csv: Path):
     return read, (time.perf_counter() - wall, time.process_time() - cpu), result
 
 
+def command_time(groundtruth_csv: Path, detections_csv: Path) -> float:
+    """Wall seconds of the whole `ava-detector evaluate` command in a fresh interpreter."""
+    command = [sys.executable, "-m", "detector.cli", "evaluate", "--groundtruth",
+               str(groundtruth_csv), "--detections", str(detections_csv)]
+    wall = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)  # noqa: S603
+    return time.perf_counter() - wall
+
+
 def peak_memory(groundtruth_csv: Path, detections_csv: Path) -> int:
     """Peak bytes traced by tracemalloc (NumPy reports its buffers) over read + evaluate."""
     tracemalloc.start()
@@ -156,6 +168,9 @@ def main() -> int:
                   f"{read[1] + scoring[1]:.2f} s); evaluate/read {scoring[1] / read[1]:.2f} "
                   f"(CPU); peak memory {peak / 2**20:.0f} MiB; mAP {result.mAP:.4f}")
             print(f"{'':>11}not scored: {result.dropped}")
+            command = command_time(SUBSET, csv_path)
+            print(f"{'':>11}whole `ava-detector evaluate` command: {command:.2f} s wall = "
+                  f"{command / total:.2f}x read + evaluate in this process")
             if args.official:
                 seconds, metrics = official_time(args.official, SUBSET, csv_path)
                 line = (f"{'':>11}official scorer {seconds[0]:.1f} s wall, {seconds[1]:.1f} s CPU: "
