@@ -222,7 +222,7 @@ def preset_backbone(preset: str) -> keras.Model:
     except Exception as error:  # noqa: BLE001 - any download/parse failure is reported whole
         raise ModelError(
             f"cannot load KerasCV preset {preset!r} (it downloads from "
-            f"{known[preset]['kaggle_handle']}; is the network reachable?): {_first_line(error)}"
+            f"{known[preset]['kaggle_handle']}; is the network reachable?): {first_line(error)}"
         ) from error
     return loaded.backbone
 
@@ -232,7 +232,7 @@ def _local_preset_backbone(folder: Path) -> keras.Model:
     try:
         registered = json.loads(config.read_text())["registered_name"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"{config}: not a KerasCV preset config: {_first_line(error)}") from None
+        raise ModelError(f"{config}: not a KerasCV preset config: {first_line(error)}") from None
     cls = keras.saving.get_registered_object(registered)
     kinds = (keras_cv.models.Backbone, keras_cv.models.RetinaNet)
     if not isinstance(cls, type) or not issubclass(cls, kinds):
@@ -240,10 +240,11 @@ def _local_preset_backbone(folder: Path) -> keras.Model:
     try:
         loaded = cls.from_preset(str(folder))
     except Exception as error:  # noqa: BLE001 - any missing file or mismatch is reported whole
-        raise ModelError(f"{folder}: cannot load KerasCV preset: {_first_line(error)}") from None
+        raise ModelError(f"{folder}: cannot load KerasCV preset: {first_line(error)}") from None
     return loaded if isinstance(loaded, keras_cv.models.Backbone) else loaded.backbone
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (library messages run to many lines)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

@@ -13,14 +13,15 @@ whole-model `.h5` keeps them under `model_weights`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from detector.backbones import ImageNetBackbone, ModelError
+from detector.backbones import ImageNetBackbone, ModelError, first_line
 from detector.model import MultiLabelRetinaNet, load_model
 
 
@@ -34,22 +35,32 @@ class H5Layer:
 
 def read_legacy_h5(path: str | Path) -> list[H5Layer]:
     """The layers that have weights, in the file's order; `ModelError` if it is not such a file."""
-    try:
-        with h5py.File(path, "r") as file:
-            group = file["model_weights"] if "model_weights" in file else file
-            names = _attribute(group, "layer_names")
-            if names is None:
-                raise ModelError(f"{path}: not a Keras weights file in the legacy .h5 layout "
-                                 f"(no layer_names attribute)")
-            layers = []
-            for name in names:
+    with _legacy_group(path) as group:
+        if group is None:
+            raise ModelError(f"{path}: not a Keras weights file in the legacy .h5 layout "
+                             f"(no layer_names attribute)")
+        layers = []
+        try:
+            for name in _attribute(group, "layer_names"):
                 weight_names = _attribute(group[name], "weight_names") or []
                 if weight_names:
                     layers.append(H5Layer(name, [(w, np.asarray(group[name][w]))
                                                  for w in weight_names]))
-            return layers
-    except (OSError, KeyError) as error:
-        raise ModelError(f"{path}: cannot read weights: {str(error).splitlines()[0]}") from None
+        except KeyError as error:
+            raise ModelError(f"{path}: damaged weights file: {first_line(error)}") from None
+        return layers
+
+
+@contextmanager
+def _legacy_group(path: str | Path) -> Iterator[h5py.Group | None]:
+    """The group of a legacy `.h5` that lists its layers, or None for another HDF5 file."""
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read weights: {first_line(error)}") from None
+    with file:
+        group = file["model_weights"] if "model_weights" in file else file
+        yield group if _attribute(group, "layer_names") is not None else None
 
 
 def _attribute(group: h5py.Group, name: str) -> list[str] | None:
@@ -99,12 +110,8 @@ def is_legacy_h5(path: str | Path) -> bool:
     keras-retinanet), rather than a `.keras` or Keras 3 `.weights.h5` of a whole model."""
     if str(path).endswith(".keras"):
         return False
-    try:
-        with h5py.File(path, "r") as file:
-            group = file["model_weights"] if "model_weights" in file else file
-            return _attribute(group, "layer_names") is not None
-    except OSError as error:
-        raise ModelError(f"{path}: cannot read weights: {str(error).splitlines()[0]}") from None
+    with _legacy_group(path) as group:
+        return group is not None
 
 
 def saved_model(
@@ -130,7 +137,7 @@ def saved_model(
     except (ValueError, KeyError) as error:
         raise ModelError(f"{path}: does not fit the model the flags describe (--backbone, "
                          f"--backbone-width, --fpn-channels, --head-*): "
-                         f"{str(error).strip().splitlines()[0]}") from None
+                         f"{first_line(error)}") from None
     return model
 
 
