@@ -10,8 +10,11 @@ negative or offset start times and open GOPs all count from the frame a player s
 How: the requested times are split into runs wherever two neighbours are more than
 ``SEEK_GAP`` seconds apart; for each run the file is seeked to the key frame at or before the
 run's first time (checked on the key packet's own timestamp, and sought further back if the
-index put it later) and decoded forward with frame threads. A frame answers every pending
+index put it later) and decoded forward with frame threads, leaving undecoded the
+non-reference frames that answer no time (``SKIP_UNWANTED``). A frame answers every pending
 time at or below its own; frames are handed on as they come, so memory stays flat.
+``extract_clips`` puts the same rule to the frames of a clip around each keyframe, in the
+same pass.
 
 Errors: a file that does not open as video raises ``KeyframeError``. An error raised by the
 demuxer or the decoder, or a frame the decoder marks as corrupt, stops the run there (frames

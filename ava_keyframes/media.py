@@ -64,7 +64,7 @@ def ffmpeg_binary() -> str:
 
 
 class Video:
-    """One open video file: its first video stream, the time of its first frame, and
+    """One open video file: its video stream, the time of its first frame, and
     decoding forward from any time. Use :func:`open_video`; close it (``with``).
 
     ``start`` is the presentation time of the first frame the decoder outputs from the start
@@ -72,10 +72,11 @@ class Video:
     video's seconds count from. Times are exact Fractions in the file's timeline.
     """
 
-    def __init__(self, path: Path, container: av.container.InputContainer) -> None:
+    def __init__(self, path: Path, container: av.container.InputContainer,
+                 stream: av.VideoStream) -> None:
         self.path = path
         self._container = container
-        self._stream = container.streams.video[0]
+        self._stream = stream
         self._stream.thread_type = "AUTO"
         self._time_base = self._stream.time_base
         self.problem = ""
@@ -257,7 +258,7 @@ def _chain_end(packets: Iterator[av.Packet]) -> Iterator[av.Packet | None]:
 
 
 def open_video(path: str | os.PathLike) -> Video:
-    """Open ``path``'s first video stream and decode its first frame, or raise VideoError."""
+    """Open ``path``'s video stream and decode its first frame, or raise VideoError."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"{path}: no such file")
@@ -265,11 +266,14 @@ def open_video(path: str | os.PathLike) -> Video:
         container = av.open(str(path), metadata_errors="replace")
     except av.FFmpegError as error:
         raise VideoError(f"{path}: not a decodable video ({error})") from None
-    if not container.streams.video:
+    # the first video stream that is not cover art (ffmpeg's `-map 0:V:0`)
+    stream = next((s for s in container.streams.video
+                   if not s.disposition & av.stream.Disposition.attached_pic), None)
+    if stream is None:
         container.close()
         raise VideoError(f"{path}: not a decodable video (no video stream)")
     try:
-        return Video(path, container)
+        return Video(path, container, stream)
     except BaseException:
         container.close()
         raise

@@ -38,11 +38,20 @@ def _audio_first(out: Path) -> None:
            "-c", "copy", out)
 
 
+def _cover_art_first(out: Path) -> None:
+    """A cover picture: a second video stream, one picture (as many rips carry)."""
+    cover = out.with_suffix(".png")
+    ffmpeg("-f", "lavfi", "-i", "color=red:s=64x64", "-frames:v", "1", cover)
+    ffmpeg("-i", cover, "-i", SOURCE, "-map", "0", "-map", "1", "-c", "copy",
+           "-disposition:v:0", "attached_pic", out)
+
+
 # name -> (file name, how to make it from SOURCE; None: SOURCE itself)
 CASES = {
     "original-mp4-720p-25fps-aac": ("bbb.mp4", None),
     "audio-first-0.4s-mp4": ("audio_first.mp4", _audio_first),
     "audio-first-0.4s-mkv": ("audio_first.mkv", _audio_first),
+    "cover-art-first-mp4": ("cover_art.mp4", _cover_art_first),
     "edit-list-mp4": ("edit_list.mp4", lambda out: ffmpeg("-ss", "1.3", "-i", SOURCE,
                                                           "-c", "copy", out)),
     "offset-start-10.25s-mkv": ("offset.mkv", lambda out: ffmpeg(
@@ -88,7 +97,7 @@ def reference_frames(path: Path) -> list[tuple[Fraction, str]]:
     """Every frame as (seconds from the first frame, MD5 of its RGB24 pixels), from a full
     decode by the ffmpeg command line with the original timestamps kept."""
     cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", "-copyts", "-i",
-           str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-enc_time_base", "demux",
+           str(path), "-map", "0:V:0", "-fps_mode", "passthrough", "-enc_time_base", "demux",
            "-pix_fmt", "rgb24", "-f", "framemd5", "-"]
     lines = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout  # noqa: S603
     time_base, found = None, []
@@ -189,6 +198,9 @@ def test_the_cases_are_what_they_claim(cases, references):
         assert first_packet.pts < 0 and first_packet.is_discard  # an edit list hides it
     # the first frame shown is the original's first at or after 1.3 s, mid-GOP
     assert references["edit-list-mp4"][0][1] == references["original-mp4-720p-25fps-aac"][33][1]
+    with av.open(str(cases["cover-art-first-mp4"])) as container:
+        assert [bool(s.disposition & av.stream.Disposition.attached_pic)
+                for s in container.streams.video] == [False, True]
     vfr = references["vfr-mp4"]
     assert len({b[0] - a[0] for a, b in zip(vfr, vfr[1:], strict=False)}) > 1
 
