@@ -257,6 +257,13 @@ def _chain_end(packets: Iterator[av.Packet]) -> Iterator[av.Packet | None]:
         yield None
 
 
+def video_stream(container: av.container.InputContainer) -> av.VideoStream | None:
+    """The video stream keyframes come from: the first that is not cover art (ffmpeg's
+    ``-map 0:V:0``); None if there is none."""
+    return next((stream for stream in container.streams.video
+                 if not stream.disposition & av.stream.Disposition.attached_pic), None)
+
+
 def open_video(path: str | os.PathLike) -> Video:
     """Open ``path``'s video stream and decode its first frame, or raise VideoError."""
     path = Path(path)
@@ -266,9 +273,7 @@ def open_video(path: str | os.PathLike) -> Video:
         container = av.open(str(path), metadata_errors="replace")
     except av.FFmpegError as error:
         raise VideoError(f"{path}: not a decodable video ({error})") from None
-    # the first video stream that is not cover art (ffmpeg's `-map 0:V:0`)
-    stream = next((s for s in container.streams.video
-                   if not s.disposition & av.stream.Disposition.attached_pic), None)
+    stream = video_stream(container)
     if stream is None:
         container.close()
         raise VideoError(f"{path}: not a decodable video (no video stream)")
