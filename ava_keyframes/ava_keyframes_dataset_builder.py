@@ -59,6 +59,7 @@ _OUTCOMES_SUFFIX = ".outcomes.json"
 _OUTCOME_TAG = "outcome"
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one folder name, never '..'
 _REACH_TIMEOUT = 10.0  # seconds to connect to the annotations' host before giving up
+_SKIPPED_IN_RUN: set[str] = set()  # configs a plain `tfds build` skipped in this process
 
 _MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Optional. Put the official annotation files (the contents of `ava_v2.2.zip`, or
@@ -278,6 +279,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             if not _tfds_cli_builds_every_config():
                 raise _user_error(missing) from None
             print(f"{self.info.full_name}: skipped: {missing}", flush=True)
+            _SKIPPED_IN_RUN.add(self.builder_config.name)
+            if _SKIPPED_IN_RUN >= {config.name for config in self.BUILDER_CONFIGS}:
+                raise SystemExit("ava_keyframes: error: no config built: no annotations were "
+                                 "found for any (see the lines above)") from None
 
     def _download_and_prepare(self, dl_manager, download_config) -> None:
         self._use_beam = bool(download_config.beam_options or download_config.beam_runner)
