@@ -38,7 +38,7 @@ from stat import S_ISREG
 
 import av
 
-from ava_keyframes.media import Video, VideoError
+from ava_keyframes.media import Video, VideoError, video_stream
 from ava_keyframes.remote import Deadline, Meter, Refused, Remote, RemoteError
 
 MIN_BLOCK = 16 * 1024
@@ -255,8 +255,10 @@ def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path, muxer
 
     try:
         with av.open(reader, "r") as container:
-            stream = _video_stream(container, reader.url)
-            origin = _first_frame_time(container, reader.url)
+            stream = video_stream(container)  # the engine's choice (never cover art)
+            if stream is None:
+                raise WindowError(f"{reader.url}: no video stream")
+            origin = _first_frame_time(container, stream, reader.url)
             if existing is not None and (existing.source != reader.source
                                          or existing.origin != origin):
                 existing = None  # a different file now: start over
@@ -291,21 +293,16 @@ def _missing_spans(existing: Window | None, lo: Fraction, hi: Fraction
     return spans
 
 
-def _video_stream(container: av.container.InputContainer, url: str) -> av.VideoStream:
-    if not container.streams.video:
-        raise WindowError(f"{url}: no video stream")
-    return container.streams.video[0]
-
-
 def _time(packet_or_frame_pts: int, stream: av.VideoStream) -> Fraction:
     return packet_or_frame_pts * Fraction(stream.time_base)
 
 
-def _first_frame_time(container: av.container.InputContainer, url: str) -> Fraction:
+def _first_frame_time(container: av.container.InputContainer, stream: av.VideoStream,
+                      url: str) -> Fraction:
     """Where the original's seconds count from: its first frame, found by the decoding
     engine itself (:class:`ava_keyframes.media.Video`), so that both agree exactly."""
     try:
-        return Video(Path(urllib.parse.urlsplit(url).path), container).start
+        return Video(Path(urllib.parse.urlsplit(url).path), container, stream).start
     except VideoError as error:
         raise WindowError(f"{url}: no window can be cut from it ({error})") from None
 
