@@ -86,7 +86,10 @@ def load_imagenet_weights(backbone: ImageNetBackbone, path: str | Path) -> None:
     """
     ours = [(layer.name, variable) for layer in backbone.network.layers
             for variable in layer.weights]
+    # Preprocessing layers of older Keras versions may hold their constants as weights
+    # (EfficientNetV2's Normalization mean and variance): ours apply them as InputScaling.
     theirs = [(layer.name, name, value) for layer in read_legacy_h5(path)
+              if not layer.name.startswith(("normalization", "rescaling"))
               for name, value in layer.weights]
     what = f"{path}: not Keras Applications' {backbone.architecture} ImageNet weights"
     for (layer, variable), (their_layer, name, value) in zip(ours, theirs, strict=False):
