@@ -25,9 +25,12 @@ import av
 Wanted = Callable[[Fraction, Fraction], bool]
 """``wanted(lo, hi)``: whether some time in ``(lo, hi]`` needs a frame."""
 
-LOOKAHEAD = 16
-"""Packets held back to estimate each frame's predecessor in time (H.264's reordering is
-at most 16 frames deep)."""
+REORDER = 16
+"""The most places a frame is shown before frames decoded earlier: 16 in H.264 and HEVC
+(their largest picture buffers); VP9 and AV1 packets come in showing order."""
+
+LOOKAHEAD = REORDER
+"""Packets held back to estimate each frame's predecessor in time."""
 
 
 class VideoError(Exception):
@@ -101,23 +104,29 @@ class Video:
 
     def complete_until(self) -> Fraction:
         """The time up to which every frame of the video is in this file, for a file that
-        may be a part cut from a longer video in decoding order (whose tail can then lack
-        frames that precede later ones): its last key frame, or with open GOPs (frames after
-        a key frame in decoding order but before it in time) the one before. Reads the
-        file's packets once."""
+        may be a part cut from a longer video in decoding order, whose tail then lacks
+        frames shown before some it holds. Two bounds, the later counts: (1) no frame shown
+        before a key frame follows it in decoding order, unless GOPs are open (frames after
+        a key frame in decoding order but shown before it): the last key frame, or the one
+        before with open GOPs; (2) a frame cut off is shown at most ``REORDER`` places before
+        the file's last packet, so all but the last ``REORDER`` frames in showing order are
+        complete (all of them if the packets come in showing order). Reads the packets."""
         self._container.seek(math.floor(self._first_key / self._time_base), stream=self._stream)
-        keys, leading = [], False
+        shown, keys, open_gop = [], [], False
         for packet in self.packets():
             if packet.pts is None:
                 continue
-            time = packet.pts * self._time_base
             if packet.is_keyframe:
-                keys.append(time)
-            elif keys and time < keys[-1]:
-                leading = len(keys) > 1
-        if not keys:
+                keys.append(packet.pts)
+            elif keys and packet.pts < keys[-1]:
+                open_gop = open_gop or len(keys) > 1
+            shown.append(packet.pts)
+        if not shown:
             return self.start
-        return keys[-2] if leading else keys[-1]
+        reorder = REORDER if any(b < a for a, b in zip(shown, shown[1:], strict=False)) else 0
+        shown.sort()
+        by_keys = keys[-2] if open_gop else keys[-1]
+        return max(by_keys, shown[max(0, len(shown) - 1 - reorder)]) * self._time_base
 
     def _first_frame(self) -> tuple[Fraction, Fraction]:
         """(time of the first frame decoded from the file's start, time of the first packet
