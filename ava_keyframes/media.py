@@ -25,6 +25,10 @@ import av
 Wanted = Callable[[Fraction, Fraction], bool]
 """``wanted(lo, hi)``: whether some time in ``(lo, hi]`` needs a frame."""
 
+THREADS = 0
+"""Decoding threads per video (frame and slice threads); 0 lets FFmpeg choose from the
+number of CPUs, as the ffmpeg command line does."""
+
 REORDER = 16
 """The most places a frame is shown before frames decoded earlier: 16 in H.264 and HEVC
 (their largest picture buffers); VP9 and AV1 packets come in showing order."""
@@ -81,6 +85,7 @@ class Video:
         self._container = container
         self._stream = stream
         self._stream.thread_type = "AUTO"
+        self._stream.thread_count = THREADS
         self._time_base = self._stream.time_base
         self.problem = ""
         """The first error of the latest decode (empty if none): it ended that decode."""
