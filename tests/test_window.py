@@ -58,6 +58,7 @@ class RangeServer:
         self.ranges = True
         self.drop = 0
         self.etag = '"v1"'
+        self.replaced_after: int | None = None  # requests after which the file "changes"
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -66,6 +67,8 @@ class RangeServer:
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 outer.requests.append((self.path, self.headers.get("Range")))
+                if outer.replaced_after is not None and len(outer.requests) > outer.replaced_after:
+                    outer.etag = '"replaced"'
                 data = outer.files.get(self.path)
                 if data is None:
                     self.send_error(404)
@@ -228,6 +231,12 @@ def test_an_interrupted_range_is_read_again_and_nothing_half_made_is_kept(
 
 def test_a_changed_file_on_the_server_starts_a_new_window(tmp_path, server, videos):
     video = videos["mp4"]
+    server.replaced_after = 3  # replaced while the window is being read: nothing is kept
+    with pytest.raises(WindowError, match="changed on the server") as raised:
+        fetch(server, video, SECONDS, tmp_path)
+    assert raised.value.transient
+    assert list((tmp_path / "windows").iterdir()) == list((tmp_path / "partial").iterdir()) == []
+    server.replaced_after, server.etag = None, '"v1"'
     fetch(server, video, SECONDS, tmp_path)
     server.etag = '"v2"'
     server.reset()
