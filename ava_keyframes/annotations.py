@@ -2,25 +2,27 @@
 
 A row is ``video_id, middle_frame_timestamp, x1, y1, x2, y2, action_id[, person_id]``
 (ground truth, 7 or 8 columns) or ``..., action_id, score`` (detections, 8 columns); a
-2-column row ``video_id, timestamp`` names a keyframe that has no boxes. Validation is
-vectorized with pandas/NumPy so that a million rows take seconds, and every row read ends
-up either in ``Annotations.table`` or in ``Annotations.report``.
+2-column row ``video_id, timestamp`` names a keyframe that has no boxes. Validation runs
+column by column with NumPy (a million rows take seconds) and without pandas, so that
+``ava-keyframes inspect`` starts fast; ``Annotations.table`` builds the pandas DataFrame on
+first use. Every row read ends up either in the table or in ``Annotations.report``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ava_keyframes.labelmap import LabelMap
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 VIDEO_ID_RE = re.compile(r"[A-Za-z0-9_-]{11}")  # always used with fullmatch
 KEYFRAME_KEY_RE = re.compile(rf"(?P<video_id>{VIDEO_ID_RE.pattern})_(?P<second>[0-9]{{4,10}})")
@@ -30,7 +32,9 @@ BOX_TOLERANCE = 0.01
 BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
 _FIELDS = ["video_id", "timestamp", *BOX_COLUMNS, "action_id"]
 _KINDS = ("groundtruth", "detections")
-_NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_UNSIGNED = re.compile(r"[0-9]+")
+_SIGNED = re.compile(r"[+-]?[0-9]+")
 
 Keyframe = tuple[str, int]
 
@@ -88,44 +92,66 @@ class Person:
     actions: tuple[int, ...]
 
 
-@dataclass
 class Annotations:
-    """Accepted rows as a table, plus what was rejected and which keyframes have no boxes."""
+    """Accepted rows as a table, plus what was rejected and which keyframes have no boxes.
 
-    path: str
-    kind: str
-    table: pd.DataFrame
-    empty_keyframes: set[Keyframe] = field(default_factory=set)
-    report: list[Rejection] = field(default_factory=list)
-    rows_read: int = 0
+    ``table`` is a pandas DataFrame with the columns ``video_id, second, x1, y1, x2, y2,
+    action_id, person_id`` (or ``score``) ``, line``; ``columns`` the same as NumPy arrays.
+    Either may be given; the other is made on first use.
+    """
+
+    def __init__(self, path: str, kind: str, table: pd.DataFrame | Mapping[str, np.ndarray],
+                 empty_keyframes: set[Keyframe] | None = None,
+                 report: list[Rejection] | None = None, rows_read: int = 0) -> None:
+        self.path, self.kind, self.rows_read = path, kind, rows_read
+        self.empty_keyframes = set() if empty_keyframes is None else empty_keyframes
+        self.report = [] if report is None else report
+        self._table = None if isinstance(table, Mapping) else table
+        self._columns = dict(table) if isinstance(table, Mapping) else None
+
+    @property
+    def table(self) -> pd.DataFrame:
+        if self._table is None:
+            import pandas as pd  # only where a DataFrame is asked for
+
+            self._table = pd.DataFrame(self._columns)
+        return self._table
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        if self._columns is None:
+            self._columns = {name: self._table[name].to_numpy() for name in self._table}
+        return self._columns
 
     def keyframes(self) -> dict[Keyframe, list[Person]]:
         """Keyframes in (video, second) order; rows sharing video, second, box and person id
         become one person carrying all their actions (in file order of first appearance)."""
         if self.kind != "groundtruth":
             raise ValueError("keyframes() merges ground-truth persons; detections have scores")
+        c = self.columns
+        keys = zip(c["video_id"].tolist(), c["second"].tolist(),
+                   *(c[name].tolist() for name in BOX_COLUMNS), c["person_id"].tolist(),
+                   strict=True)
+        persons: dict[tuple, set[int]] = {}
+        for key, action in zip(keys, c["action_id"].tolist(), strict=True):
+            persons.setdefault(key, set()).add(action)
         result: dict[Keyframe, list[Person]] = {key: [] for key in self.empty_keyframes}
-        keys = ["video_id", "second", *BOX_COLUMNS, "person_id"]
-        grouped = self.table.groupby(keys, sort=False)["action_id"].agg(
-            lambda ids: tuple(sorted(set(ids)))
-        )
-        for (video_id, second, x1, y1, x2, y2, person_id), actions in grouped.items():
-            result.setdefault((video_id, int(second)), []).append(
-                Person((x1, y1, x2, y2), int(person_id), actions)
-            )
+        for (video_id, second, x1, y1, x2, y2, person_id), actions in persons.items():
+            result.setdefault((video_id, second), []).append(
+                Person((x1, y1, x2, y2), person_id, tuple(sorted(actions))))
         return dict(sorted(result.items()))
 
     def summary(self, labelmap: LabelMap | None = None) -> dict:
         """Counts for ``ava-keyframes inspect``: rows, keyframes, persons, labels per class."""
         keyframes = self.keyframes() if self.kind == "groundtruth" else {}
-        per_class = Counter(int(a) for a in self.table["action_id"])
+        per_class = Counter(self.columns["action_id"].tolist())
         name = labelmap.name_of if labelmap is not None else str
         return {
             "file": self.path,
             "rows": self.rows_read,
-            "rows_used": len(self.table) + len(self.empty_keyframes),
+            "rows_used": len(self.columns["video_id"]) + len(self.empty_keyframes),
             "rows_rejected": len(self.report),
-            "videos": self.table["video_id"].nunique(),
+            "videos": len(set(self.columns["video_id"].tolist())),
             "keyframes": len(keyframes),
             "persons": sum(len(p) for p in keyframes.values()),
             "labels_per_class": {
@@ -187,18 +213,19 @@ class _Validator:
             self.reason[rows] = reason if isinstance(reason, str) else reason(rows)
 
 
-def _numbers(column: pd.Series, ascii_only: bool) -> np.ndarray:
+def _numbers(column: np.ndarray, ascii_only: bool) -> np.ndarray:
     """Floats, NaN where a field is not a plain decimal number (fast path when the file is
-    ASCII and every field is one; Python would also read full-width digits, 'nan', 'inf')."""
+    ASCII and every field is one; Python alone would also read full-width digits, '1_0',
+    'nan' and 'inf')."""
     if ascii_only:
         try:
-            values = column.astype(np.float64).to_numpy()
-            if np.isfinite(values).all():
+            values = column.astype(np.float64)
+            if np.isfinite(values).all() and not any("_" in text for text in column):
                 return values
         except ValueError:
             pass
-    plain = column.str.strip().str.fullmatch(_NUMBER).to_numpy()
-    values = pd.to_numeric(column.where(plain, "nan"), errors="coerce").to_numpy(np.float64)
+    values = np.array([float(text) if _NUMBER.fullmatch(text.strip()) else np.nan
+                       for text in column.tolist()], dtype=np.float64)
     return np.where(np.isfinite(values), values, np.nan)
 
 
@@ -207,17 +234,17 @@ def _quoted(prefix: str, values) -> Callable[[np.ndarray], list[str]]:
     return lambda rows: [f"{prefix}{value!r}" for value in np.asarray(values)[rows]]
 
 
-def _checked_integers(check: _Validator, rows: np.ndarray, column: pd.Series, name: str,
+def _checked_integers(check: _Validator, rows: np.ndarray, column: np.ndarray, name: str,
                      what: str, low: int = 0, high: int = INT32_MAX,
-                     pattern: str = r"[+-]?[0-9]+") -> np.ndarray:
+                     pattern: re.Pattern = _SIGNED) -> np.ndarray:
     """The ASCII integers of ``column`` as int64 (0 where not valid); among ``rows``, fails
     those that are not ``pattern`` (reason ``what``) or lie outside ``low..high`` (a value
     too long for int64 is out of range, never an overflow)."""
-    text = column.str.strip()
-    syntax = text.str.fullmatch(pattern).to_numpy()
-    short = syntax & (text.str.len() <= 12).to_numpy()
-    values = pd.to_numeric(text.where(short, "0")).to_numpy(dtype=np.int64)
-    in_range = short & (values >= low) & (values <= high)
+    text = [value.strip() for value in column.tolist()]
+    syntax = np.fromiter((pattern.fullmatch(t) is not None for t in text), bool, len(text))
+    values = np.array([int(t) if ok and len(t) <= 12 else low - 1
+                       for t, ok in zip(text, syntax.tolist(), strict=True)], dtype=np.int64)
+    in_range = (values >= low) & (values <= high)
     check.fail(rows & ~syntax, name, _quoted(f"{what}: ", column))
     check.fail(rows & ~in_range, name, _quoted(f"outside {low}..{high}: ", column))
     return np.where(in_range, values, 0)
@@ -240,7 +267,7 @@ def read_annotations(
         raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
     path = Path(path)
     frame, columns, line_numbers, ascii_only = _split_fields(_read_lines(path))
-    check = _Validator(len(frame))
+    check = _Validator(len(columns))
     allowed = (7, 8) if kind == "groundtruth" else (8,)
     check.fail(
         ~np.isin(columns, (2, *allowed)), "row",
@@ -249,15 +276,17 @@ def read_annotations(
             " or 2 for a keyframe without boxes)" for i in rows
         ],
     )
-    video_id = frame["video_id"].str.strip()
-    check.fail(~video_id.str.fullmatch(VIDEO_ID_RE.pattern).to_numpy(), "video_id",
-               _quoted("invalid video id ", video_id))
-    every = np.ones(len(frame), dtype=bool)
+    video_id = np.array([v.strip() for v in frame["video_id"].tolist()], dtype=object)
+    check.fail(~np.fromiter((VIDEO_ID_RE.fullmatch(v) is not None for v in video_id.tolist()),
+                            bool, len(video_id)),
+               "video_id", _quoted("invalid video id ", video_id))
+    every = np.ones(len(columns), dtype=bool)
     seconds = _checked_integers(check, every, frame["timestamp"], "timestamp",
-                                "not a whole number of seconds", pattern="[0-9]+")
+                                "not a whole number of seconds", pattern=_UNSIGNED)
     if excluded:
-        keys = pd.MultiIndex.from_arrays([video_id, seconds])
-        check.fail(keys.isin(list(excluded)), "timestamp", "excluded keyframe")
+        keys = zip(video_id.tolist(), seconds.tolist(), strict=True)
+        check.fail(np.fromiter((key in excluded for key in keys), bool, len(columns)),
+                   "timestamp", "excluded keyframe")
     boxed = columns != 2
     boxes = _checked_boxes(check, frame, boxed, kind, ascii_only)
     action = _checked_integers(check, boxed, frame["action_id"], "action_id", "not an integer")
@@ -278,39 +307,44 @@ def read_annotations(
     accepted = check.ok()
     empty = accepted & ~boxed
     rows = accepted & boxed
-    table = pd.DataFrame({
-        "video_id": video_id.to_numpy(dtype=object)[rows],
+    table = {
+        "video_id": video_id[rows],
         "second": seconds[rows],
         **{name: boxes[name][rows] for name in BOX_COLUMNS},
         "action_id": action[rows],
         last_name: last_values[rows],
         "line": line_numbers[rows],
-    })
+    }
     report = [
         Rejection(str(path), int(line_numbers[i]), check.field[i], check.reason[i])
         for i in np.flatnonzero(~accepted)
     ]
-    empty_keyframes = set(zip(video_id.to_numpy()[empty], seconds[empty].tolist(), strict=True))
-    return Annotations(str(path), kind, table, empty_keyframes, report, len(frame))
+    empty_keyframes = set(zip(video_id[empty].tolist(), seconds[empty].tolist(), strict=True))
+    return Annotations(str(path), kind, table, empty_keyframes, report, len(columns))
 
 
-def _split_fields(lines: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, bool]:
-    """The non-blank lines as text fields (the first 8 columns, named), each line's column
-    count and line number, and whether the text is all ASCII. Quotes are plain characters
-    (AVA files quote nothing), so an unbalanced quote fails its own row's fields only."""
-    line_numbers = np.array([i for i, line in enumerate(lines, 1) if line.strip()], dtype=np.int64)
-    body = [line for line in lines if line.strip()]
-    columns = np.fromiter((line.count(",") + 1 for line in body), dtype=np.int64, count=len(body))
-    text = "\n".join(body)
-    frame = pd.read_csv(
-        io.StringIO(text), header=None, names=range(max(8, int(columns.max()))), dtype=str,
-        keep_default_na=False, na_filter=False, engine="c", quoting=csv.QUOTE_NONE,
-    ).iloc[:, :8]
-    frame.columns = [*_FIELDS, "extra"]
-    return frame, columns, line_numbers, text.isascii()
+def _split_fields(lines: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray,
+                                             bool]:
+    """The non-blank lines as text fields (the first 8 columns, by name; "" where a line is
+    shorter), each line's column count and line number, and whether the text is all ASCII.
+    Quotes are plain characters (AVA files quote nothing), so an unbalanced quote fails its
+    own row's fields only."""
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    line_numbers = np.array([i for i, _ in numbered], dtype=np.int64)
+    body = [line for _, line in numbered]
+    columns = np.array([line.count(",") + 1 for line in body], dtype=np.int64)
+    names = [*_FIELDS, "extra"]
+    frame = {name: np.full(len(body), "", dtype=object) for name in names}
+    for count in np.unique(columns).tolist():  # lines of one width split in one call
+        rows = np.flatnonzero(columns == count)
+        fields = ",".join([body[i] for i in rows.tolist()]).split(",")
+        table = np.array(fields, dtype=object).reshape(len(rows), count)
+        for j, name in enumerate(names[:count]):
+            frame[name][rows] = table[:, j]
+    return frame, columns, line_numbers, "".join(body).isascii()
 
 
-def _checked_boxes(check: _Validator, frame: pd.DataFrame, boxed: np.ndarray, kind: str,
+def _checked_boxes(check: _Validator, frame: dict[str, np.ndarray], boxed: np.ndarray, kind: str,
                    ascii_only: bool) -> dict[str, np.ndarray]:
     """The four coordinates as floats. Ground truth: within 0.01 outside [0, 1] clipped, further
     out rejected, empty boxes rejected; detections keep them as given."""
