@@ -104,12 +104,12 @@ class SplitPlan:
             persons_at = dict(keyframes)
             chosen = select_keyframes([second for second, _ in keyframes], max_per_video)
             jobs.append(VideoJob(split, video_id, tuple((s, persons_at[s]) for s in chosen)))
+        rows_used = len(annotations.columns["video_id"])
         return cls(
             annotation_file=Path(annotations.path).name,
             rows_read=annotations.rows_read,
-            rows_used=len(annotations.table),
-            rows_without_boxes=annotations.rows_read - len(annotations.table)
-            - len(annotations.report),
+            rows_used=rows_used,
+            rows_without_boxes=annotations.rows_read - rows_used - len(annotations.report),
             rows_skipped=dict(Counter(_reason_kind(r.field, r.reason) for r in annotations.report)),
             rejected_rows=[str(r) for r in annotations.report],
             keyframes_annotated=sum(len(k) for k in by_video.values()),
