@@ -284,16 +284,21 @@ def test_a_link_planted_in_the_cache_is_never_followed(tmp_path, server, videos)
     assert outside.read_text() == "{}" and video.stat().st_size == layout(video)[0]
 
 
-@pytest.mark.parametrize("name, params", [
-    ("open_gop.mkv", "open-gop=1:keyint=20:min-keyint=20:scenecut=0"),
-    ("b_pyramid.mp4", "b-pyramid=normal:b-adapt=0:keyint=30")])
-def test_open_gops_and_b_pyramids_give_the_same_frames(tmp_path, videos, name, params):
-    """Frames shown before the key frame they follow in decode order (open GOPs), and
-    B-frames referencing B-frames: the window still answers as the whole file."""
+X264 = ["-c:v", "libx264", "-preset", "veryfast", "-bf", "3", "-x264-params"]
+
+
+@pytest.mark.parametrize("name, encoder", [
+    ("open_gop.mkv", [*X264, "open-gop=1:keyint=20:min-keyint=20:scenecut=0"]),
+    ("b_pyramid.mp4", [*X264, "b-pyramid=normal:b-adapt=0:keyint=30"]),
+    ("altref.webm", ["-c:v", "libvpx-vp9", "-deadline", "good", "-cpu-used", "8",
+                     "-auto-alt-ref", "1", "-lag-in-frames", "16", "-g", "60", "-b:v", "200k"])])
+def test_open_gops_b_pyramids_and_hidden_frames_give_the_same_frames(
+        tmp_path, videos, name, encoder):
+    """Frames shown before the key frame they follow in decode order (open GOPs), B-frames
+    referencing B-frames, VP9's hidden alt-ref frames: the window answers as the whole file."""
     video = tmp_path / name
     subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(videos["mp4"]),  # noqa: S603
-                    "-t", "40", "-c:v", "libx264", "-preset", "veryfast", "-bf", "3",
-                    "-x264-params", params, str(video)], check=True)
+                    "-t", "30", *encoder, str(video)], check=True)
     server = RangeServer({"video": video})
     try:
         window = fetch(server, video, range(10, 21), tmp_path)
