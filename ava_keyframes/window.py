@@ -5,7 +5,8 @@ the whole file, :func:`fetch_window` opens the video on the mirror through
 :class:`RangeFile` (a seekable read-only file over HTTP Range requests, with read-ahead),
 lets FFmpeg's demuxer (PyAV) find its way with the container's index, and copies the video
 packets (never re-encoded) from the key frame at or before the first second to the frame
-at or after the last second into a file of the same container kind. Every packet keeps its
+at or after the last second, and on to the next key frame (which shows that every frame
+before it is in the file), into a file of the same container kind. Every packet keeps its
 timestamp, and the copy is read back to check that they survived exactly, so the window
 decodes to the same pixels at the same times as the whole file; ``origin`` (the time of the
 original's first frame, in the window's timeline) keeps seconds counted from the original
