@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ava_keyframes import cli
-from ava_keyframes.frames import extract_keyframes
+from ava_keyframes.frames import MissingKeyframes, extract_keyframes
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Limits, NoRanges, Remote, RemoteError
 from ava_keyframes.sources import VideoCache
@@ -260,8 +260,11 @@ def test_seconds_past_the_end_give_a_window_to_the_end(tmp_path, server, videos)
     video = videos["mp4"]
     window = fetch(server, video, [110, 150], tmp_path)
     assert window.end is None
-    got = dict(extract_keyframes(window.path, [110], origin=window.origin))
-    assert np.array_equal(got[110], keyframes(video, [110])[110])
+    # 119 s lies after the last key frame (118.1 s): the window holds the video's end
+    assert_same_frames(keyframes(window.path, [110, 119], window.origin),
+                       keyframes(video, [110, 119]))
+    with pytest.raises(MissingKeyframes):  # as from the whole file: no frame that late
+        list(extract_keyframes(window.path, [150], origin=window.origin))
 
 
 def test_a_file_that_is_not_a_video_is_a_window_error(tmp_path, server, videos):
@@ -309,8 +312,6 @@ def test_open_gops_b_pyramids_and_hidden_frames_give_the_same_frames(
     assert_same_frames(keyframes(window.path, seconds, window.origin), keyframes(video, seconds))
 
 
-@pytest.mark.xfail(strict=True, reason="media.Video.complete_until takes a window's last key "
-                   "frame as its end; a window that holds the video's end has none after it")
 def test_a_real_world_encode_with_audio_gives_the_same_frames(tmp_path):
     """Big Buck Bunny (an encode this project did not make; audio first in the file): the
     window holds the video stream only, and its frames are the whole file's."""
