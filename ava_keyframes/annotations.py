@@ -293,17 +293,7 @@ def read_annotations(
     if labelmap is not None:
         check.fail(boxed & ~np.isin(action, labelmap.ids), "action_id",
                    lambda rows: [f"action id {action[i]} not in the label map" for i in rows])
-    if kind == "groundtruth":
-        last_name = "person_id"
-        has_person = columns == 8
-        last_values = np.where(has_person, _checked_integers(
-            check, has_person, frame["extra"], last_name, "not an integer"), -1)
-    else:
-        last_name = "score"
-        last_values = _numbers(frame["extra"], ascii_only)
-        check.fail(boxed & np.isnan(last_values), "score",
-                   _quoted("not a number: ", frame["extra"]))
-
+    last_name, last_values = _checked_last(check, frame["extra"], columns, kind, ascii_only)
     accepted = check.ok()
     empty = accepted & ~boxed
     rows = accepted & boxed
@@ -321,6 +311,19 @@ def read_annotations(
     ]
     empty_keyframes = set(zip(video_id[empty].tolist(), seconds[empty].tolist(), strict=True))
     return Annotations(str(path), kind, table, empty_keyframes, report, len(columns))
+
+
+def _checked_last(check: _Validator, column: np.ndarray, columns: np.ndarray, kind: str,
+                  ascii_only: bool) -> tuple[str, np.ndarray]:
+    """The 8th column: ground truth's optional person id (-1 where a row has 7 columns), or
+    detections' score."""
+    if kind == "groundtruth":
+        has_person = columns == 8
+        return "person_id", np.where(has_person, _checked_integers(
+            check, has_person, column, "person_id", "not an integer"), -1)
+    scores = _numbers(column, ascii_only)
+    check.fail((columns != 2) & np.isnan(scores), "score", _quoted("not a number: ", column))
+    return "score", scores
 
 
 def _split_fields(lines: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray,

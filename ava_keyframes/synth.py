@@ -289,8 +289,18 @@ def make_corpus(
                       {}, rate, size, container, start, seconds)
     times = np.arange(first, end) / float(rate)
     tracks = {video_id: _tracks(rng, times, start, start + seconds, size) for video_id in ids}
+    rows = _encode_videos(info, tracks, times, first, rng)
+    _write_annotations(info, rows, rng)
+    return info
+
+
+def _encode_videos(info: CorpusInfo, tracks: dict[str, list[_Track]], times: np.ndarray,
+                   first: int, rng: np.random.Generator) -> dict[str, list[tuple]]:
+    """Write every video (the shared still part joined to its own part); return each video's
+    annotation rows."""
     rows: dict[str, list[tuple]] = {}
-    with tempfile.TemporaryDirectory(dir=root, prefix=".synth-") as scratch_dir:
+    container = info.container
+    with tempfile.TemporaryDirectory(dir=info.root, prefix=".synth-") as scratch_dir:
         scratch = Path(scratch_dir)
         # Two workers: the still part and the videos' own parts encode side by side.
         pool = ThreadPoolExecutor(max_workers=2)
@@ -302,10 +312,10 @@ def make_corpus(
                 video_id: pool.submit(_encode_part, scratch / f"{video_id}.{container}",
                                       tracks[video_id], int(rng.integers(2**31)), times, first,
                                       info)
-                for video_id in ids
+                for video_id in tracks
             }
-            for video_id in ids:
-                path = root / "videos" / f"{video_id}.{container}"
+            for video_id in tracks:
+                path = info.root / "videos" / f"{video_id}.{container}"
                 if still:
                     joined = scratch / f"joined.{container}"
                     _join(still.result(), parts[video_id].result(), joined, container)
@@ -316,18 +326,24 @@ def make_corpus(
                 rows[video_id] = _keyframe_rows(path, tracks[video_id], first, len(times), info)
         finally:
             pool.shutdown(cancel_futures=True)
+    return rows
+
+
+def _write_annotations(info: CorpusInfo, rows: dict[str, list[tuple]],
+                       rng: np.random.Generator) -> None:
+    """Each split's CSV and excluded-timestamps CSV (one or two of its keyframes, chosen with
+    ``rng``), and the label map."""
     for split, split_ids in info.ids.items():
         keyframes = sorted({(video_id, row[0]) for video_id in split_ids for row in rows[video_id]})
         chosen = rng.choice(len(keyframes), min(2, len(keyframes) // 2), replace=False)
         info.excluded[split] = {keyframes[i] for i in chosen}
         with open(info.annotation_csv(split), "w", encoding="utf-8", newline="") as handle:
             for video_id in sorted(split_ids):
-                handle.writelines(_row(video_id, *row, size) for row in sorted(rows[video_id],
-                                  key=lambda r: (r[0], r[3], r[2])))
+                handle.writelines(_row(video_id, *row, info.size) for row in sorted(
+                    rows[video_id], key=lambda r: (r[0], r[3], r[2])))
         with open(info.excluded_csv(split), "w", encoding="utf-8", newline="") as handle:
             handle.writelines(f"{v},{s:04d}\n" for v, s in sorted(info.excluded[split]))
     shutil.copyfile(default_labelmap_path(), info.labelmap)
-    return info
 
 
 def _encode_still(path: Path, count: int, seed: int, info: CorpusInfo) -> Path:
