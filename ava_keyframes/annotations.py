@@ -19,15 +19,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ava_keyframes.labelmap import LabelMap
+from ava_keyframes.labelmap import INT32_MAX, LabelMap
 
 if TYPE_CHECKING:
     import pandas as pd
 
 VIDEO_ID_RE = re.compile(r"[A-Za-z0-9_-]{11}")  # always used with fullmatch
 KEYFRAME_KEY_RE = re.compile(rf"(?P<video_id>{VIDEO_ID_RE.pattern})_(?P<second>[0-9]{{4,10}})")
-INT32_MAX = 2**31 - 1
-"""Largest timestamp, person id and action id: the dataset stores them as int32."""
 BOX_TOLERANCE = 0.01
 BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
 _FIELDS = ["video_id", "timestamp", *BOX_COLUMNS, "action_id"]

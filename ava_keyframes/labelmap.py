@@ -25,6 +25,8 @@ _TOKEN = re.compile(
 _ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|.)")
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
 _ID_FIELDS = ("label_id", "id")
+INT32_MAX = 2**31 - 1
+"""Largest class id, timestamp and person id: datasets and models store them as int32."""
 _CLOSING = {"{": "}", "<": ">"}
 
 
@@ -156,6 +158,10 @@ def read_labelmap(path: str | Path) -> LabelMap:
             raise LabelMapError(
                 f"{path}:{id_line}: field {id_field!r}: {raw_id!r} is not an integer"
             ) from None
+        if not -INT32_MAX - 1 <= action_id <= INT32_MAX:
+            raise LabelMapError(
+                f"{path}:{id_line}: field {id_field!r}: {raw_id} outside the int32 range"
+            )
         if action_id in seen:
             raise LabelMapError(
                 f"{path}:{id_line}: field {id_field!r}: duplicate id {action_id} "

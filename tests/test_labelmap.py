@@ -111,3 +111,10 @@ def test_cli_classes_csv_into_a_folder_is_one_line_error(ava_data, tmp_path, cap
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path) in err and "Traceback" not in err
+
+
+def test_ids_outside_int32_are_refused(tmp_path):
+    path = tmp_path / "big.pbtxt"
+    path.write_text('label { name: "x" label_id: 99999999999999999999 }\n')
+    with pytest.raises(LabelMapError, match=r"big.pbtxt:1: field 'label_id': .* outside the int32 range"):
+        read_labelmap(path)
