@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 
     from detector.predict import Keyframe
 
-# Sasha Trubetskoy's 20 distinct colours, in his order of distinctness.
+# Sasha Trubetskoy's distinct colours without his pale ones (which read as the white of
+# ground truth), in his order of distinctness.
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-           (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-           (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128)]
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128),
+           (170, 110, 40), (128, 0, 0), (128, 128, 0), (0, 0, 128), (128, 128, 128)]
 TRUTH, EDGE = (255, 255, 255), (0, 0, 0)
 
 
@@ -83,33 +83,45 @@ def draw_keyframe(
     for box, score, index in zip(keyframe.boxes, keyframe.scores, keyframe.classes, strict=True):
         if score >= min_score:
             persons.setdefault(tuple(np.round(box, 4)), []).append((float(score), int(index)))
-    # weakest first, so that the most confident box and label end on top
-    for box, labels in sorted(persons.items(), key=lambda item: max(item[1])):
-        labels.sort(reverse=True)
-        x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
-        draw.rectangle([x1, y1, x2, y2], outline=class_colour(labels[0][1]), width=line + 1)
-        lines = [(f"{names[index]} {score:.2f}", class_colour(index)) for score, index in labels]
-        _label(draw, font, lines, (x1, y1, x2, y2), (width, height))
+    ranked = sorted(persons.items(), key=lambda item: max(item[1]), reverse=True)
+    pixels = {box: (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+              for box in persons}
+    for box, labels in ranked[::-1]:  # the most confident outline ends on top
+        draw.rectangle(pixels[box], outline=class_colour(max(labels)[1]), width=line + 1)
+    taken: list[tuple[int, int, int, int]] = []
+    for box, labels in ranked:  # the most confident label gets the best place
+        lines = [(f"{names[index]} {score:.2f}", class_colour(index))
+                 for score, index in sorted(labels, reverse=True)]
+        taken.append(_label(draw, font, lines, pixels[box], (width, height), taken))
     return np.asarray(picture)
 
 
 def _label(draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont,
            lines: list[tuple[str, tuple[int, int, int]]], box: tuple[float, ...],
-           size: tuple[int, int]) -> None:
-    """Lines of text on their colours, above the box where there is room (so as not to hide
-    the person), else inside its top; always inside the picture."""
+           size: tuple[int, int], taken: list[tuple[int, int, int, int]]
+           ) -> tuple[int, int, int, int]:
+    """Lines of text on their colours, always inside the picture, clear of the labels already
+    `taken` where possible: above the box (so as not to hide the person), else inside its
+    top, else below it, else lower down. Returns the rectangle used."""
     ascent, descent = font.getmetrics()
     step = ascent + descent + 2
-    block_width = max(int(font.getlength(text)) for text, _ in lines) + 4
-    block_height = step * len(lines)
+    width, height = max(int(font.getlength(text)) for text, _ in lines) + 4, step * len(lines)
     x1, y1, _, y2 = box
-    top = y1 - block_height if y1 - block_height >= 0 else y1
-    top = int(max(0, min(top, size[1] - block_height)))
-    left = int(max(0, min(x1, size[0] - block_width)))
+    left = int(max(0, min(x1, size[0] - width)))
+    tops = [int(max(0, min(top, size[1] - height)))
+            for top in (y1 - height, y1, y2, *range(int(y1), size[1], max(1, step // 2)))]
+    free = [top for top in tops if not any(_overlap((left, top, left + width, top + height), t)
+                                           for t in taken)]
+    top = (free or tops)[0]
     for n, (text, colour) in enumerate(lines):
         y = top + n * step
-        draw.rectangle([left, y, left + block_width - 1, y + step - 1], fill=colour)
+        draw.rectangle([left, y, left + width - 1, y + step - 1], fill=colour)
         draw.text((left + 2, y + 1), text, fill=_ink(colour), font=font)
+    return left, top, left + width, top + height
+
+
+def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def keyframe_grid(
