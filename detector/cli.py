@@ -359,7 +359,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="excluded-timestamps CSV (the official scorer's -x): keyframes left out "
                    "of ground truth and detections; 'none' for none. Default in CSV mode: "
                    "ava_<split>_excluded_timestamps_v<version>.csv beside a ground truth named "
-                   "ava_<split>_v<version>.csv")
+                   "ava_<split>_v<version>.csv (a built split has left its own out already)")
     p.add_argument("--metric", choices=("ava", "voc07", "coco"), default="ava",
                    help="ava: all-point AP at IoU 0.5 (default); voc07: 11-point; "
                         "coco: mean of all-point AP over IoU 0.50:0.05:0.95")
