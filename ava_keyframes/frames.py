@@ -45,9 +45,11 @@ Second = int | float
 
 SEEK_GAP = 4
 """Seconds between two requested times above which a fresh seek beats decoding through the
-gap. A seek costs decoding from the key frame before it; on the 640x360 H.264 video of
-``benchmarks/extract.py`` (key frame every 2 s) the break-even lay between 4 and 6 s.
-Heavier videos (slower decoding) move it lower, longer key frame intervals higher."""
+gap. In process a seek costs only the decoding from the key frame before the next time, so
+it pays as soon as a key frame lies in the gap: on the video of ``benchmarks/extract.py``
+(key frame every 2 s) a seek per second beat one pass from 1 s spacing on. Movies can hold
+key frames 10 s apart, where seeking for seconds 1-2 s apart would decode each stretch
+several times; 4 s keeps AVA's dense schedule (1 s apart) in one pass on any video."""
 
 SKIP_UNWANTED = True
 """Leave undecoded the non-reference frames (about half of an x264 video's) that answer no
@@ -218,7 +220,9 @@ class _ClipFiller:
                 clip.keyframe = to_rgb(frame, self._max_side)
         while self.waiting and self.waiting[0].done():
             clip = self.waiting.popleft()
-            yield Clip(clip.wanted.given, clip.keyframe, clip.frames, clip.padded)
+            done = Clip(clip.wanted.given, clip.keyframe, clip.frames, clip.padded)
+            clip.keyframe = clip.frames = None  # handed on: the caller's to keep or drop
+            yield done
 
     def pad_end(self, unanswered: list[int], last: av.VideoFrame, last_time: Fraction
                 ) -> Iterator[Clip]:

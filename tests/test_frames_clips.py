@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import tracemalloc
 from fractions import Fraction
 from pathlib import Path
 
@@ -110,6 +111,22 @@ def test_clips_stream_out_in_one_pass(videos, monkeypatch):
     assert first.second == 1 and max(decoded) < 2
     assert [clip.second for clip in clips] == [1.5, 2, 2.5]
     assert len(passes) == 1
+
+
+def test_clips_handed_on_are_not_kept(videos):
+    """Memory holds the clips in flight: what was yielded and dropped is freed."""
+    path = videos[KINDS[0]]
+    clip_bytes = 8 * SIZE[0] * SIZE[1] * 3
+    tracemalloc.start()
+    try:
+        clips = extract_clips(path, [x / 4 for x in range(2, 15)], length=8, stride=2,
+                              clip_short_side=SIZE[1])
+        next(clips)
+        before = tracemalloc.get_traced_memory()[0]
+        held = [tracemalloc.get_traced_memory()[0] - before for _ in clips]
+    finally:
+        tracemalloc.stop()
+    assert len(held) == 12 and max(held) < 4 * clip_bytes
 
 
 def test_a_clip_without_its_frames_is_reported(videos, tmp_path):
