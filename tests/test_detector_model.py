@@ -123,3 +123,15 @@ def test_bad_options_are_model_errors():
         M.build_backbone("vgg")
     with pytest.raises(M.ModelError, match="multiple of 32"):
         M.build_model(3, backbone="resnet18", image_size=100)
+
+
+def test_anchor_generator_is_an_option():
+    anchors = keras_cv.layers.AnchorGenerator(
+        bounding_box_format=M.BOX_FORMAT, sizes=[32.0, 64.0, 128.0, 256.0, 512.0],
+        aspect_ratios=[1.0], scales=[1.0], strides=[8, 16, 32, 64, 128], clip_boxes=True,
+    )
+    model = M.build_model(3, anchor_generator=anchors, **TINY)
+    # one anchor per location: the heads predict 3 classes and 4 deltas per location
+    assert model.classification_head.output_filters == 3 and model.box_head.output_filters == 4
+    assert model.label_encoder.anchor_generator is anchors
+    assert model.anchor_generator is anchors  # what decode_predictions decodes with
