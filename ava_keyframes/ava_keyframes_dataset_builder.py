@@ -1,11 +1,12 @@
-"""`ava_keyframes`: AVA Actions keyframes as a TFDS dataset (one example per annotated keyframe).
+"""`ava_keyframes`: AVA Actions keyframes (with clip configs, the clips around them) as a
+TFDS dataset, one example per annotated keyframe.
 
 Generation walks video by video: each video is fetched once (``<manual_dir>/videos/``, the
 CVDF mirror or YouTube, through :class:`ava_keyframes.sources.VideoCache`), only the window
-of its keyframe seconds where the source allows, and decoded in one pass
-(:func:`ava_keyframes.frames.extract_keyframes`). Without Beam options the videos are walked
-in order, the next one fetched while the current one is decoded; with
-``--beam_pipeline_options`` each video is one element of a Beam pipeline.
+its keyframes and clips need where the source allows, and decoded in one pass
+(:mod:`ava_keyframes.frames`). Without Beam options the videos are walked in order, the next
+one fetched while the current one is decoded; with ``--beam_pipeline_options`` each video is
+one element of a Beam pipeline.
 
 Every build writes ``build_report.json`` next to its TFRecords (see :mod:`ava_keyframes.plan`).
 A video lost to a cause that may pass (an outage, retries spent, a full disk) fails the build
@@ -20,22 +21,21 @@ import functools
 import json
 import re
 import socket
-import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from os import environ
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ava_keyframes.annotations import Person, keyframe_key, read_annotations, read_excluded
-from ava_keyframes.features import keyframe_features
-from ava_keyframes.frames import KeyframeError, extract_keyframes
+from ava_keyframes.annotations import keyframe_key, read_annotations, read_excluded
+from ava_keyframes.cache import CacheError
+from ava_keyframes.features import example, keyframe_features
+from ava_keyframes.frames import KeyframeError
 from ava_keyframes.labelmap import LabelMap, default_labelmap_path, read_labelmap
 from ava_keyframes.media import decoder_info
 from ava_keyframes.plan import (
@@ -45,10 +45,12 @@ from ava_keyframes.plan import (
     SplitPlan,
     VideoJob,
     VideoOutcome,
+    VideoWork,
     build_report,
-    pixel_box,
+    tfds_build_args,
+    tfds_builds_every_config,
 )
-from ava_keyframes.sources import FetchResult, VideoCache
+from ava_keyframes.sources import FetchResult
 
 ANNOTATIONS_URL = "https://s3.amazonaws.com/ava-dataset/annotations/ava_v{version}.zip"
 ANNOTATIONS_URL_ENV = "AVA_KEYFRAMES_ANNOTATIONS_URL"
@@ -83,7 +85,7 @@ class AnnotationsMissing(BuildError):
 def _user_error(error: Exception) -> BaseException:
     """``error``, or inside ``tfds build`` a SystemExit printing its one line (the CLI would
     print a traceback for any exception)."""
-    if _tfds_build_args() is not None:
+    if tfds_build_args() is not None:
         return SystemExit(f"ava_keyframes: error: {error}")
     return error
 
@@ -94,13 +96,18 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
 
     A custom config (``tfds build --config '{"name": "v2.2_k5", "max_per_video": 5}'``)
     must have a name of its own: TFDS refuses a custom config named like a built-in one,
-    so its data never passes for the full ``v2.2``.
+    so its data never passes for the full ``v2.2``. ``clip_length`` and ``clip_stride``
+    (both or neither) add a clip of that many frames, ``clip_stride / 30`` s apart, around
+    each keyframe, each resized to a shorter side of ``clip_short_side`` pixels.
     """
 
     ava_version: str = "2.2"
     max_per_video: int | None = None
     max_side: int | None = None
     allow_missing: bool = False
+    clip_length: int | None = None
+    clip_stride: int | None = None
+    clip_short_side: int = 256
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _CONFIG_NAME.fullmatch(self.name):
@@ -108,17 +115,25 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
                          "'_', '-', starting with a letter or digit (it names a folder)")
         if self.ava_version not in ("2.1", "2.2"):
             self._refuse(f"ava_version must be '2.1' or '2.2', not {self.ava_version!r}")
-        for option in ("max_per_video", "max_side"):
+        for option in ("max_per_video", "max_side", "clip_length", "clip_stride"):
             value = getattr(self, option)
             if value is not None and (type(value) is not int or value < 1):
                 self._refuse(f"{option} must be a positive integer or null, not {value!r}")
+        if type(self.clip_short_side) is not int or self.clip_short_side < 1:
+            self._refuse(f"clip_short_side must be a positive integer, not "
+                         f"{self.clip_short_side!r}")
+        if (self.clip_length is None) != (self.clip_stride is None):
+            self._refuse("clip_length and clip_stride go together: both positive integers "
+                         "(a clip config) or both null")
         if type(self.allow_missing) is not bool:
             self._refuse(f"allow_missing must be true or false, not {self.allow_missing!r}")
         if self.description is None:
             keep = (f"at most {self.max_per_video} keyframes per video" if self.max_per_video
                     else "every keyframe")
             size = f"longer side at most {self.max_side} px" if self.max_side else "full size"
-            self.description = f"AVA v{self.ava_version} annotations; {keep}; images {size}."
+            clips = (f"; clips of {self.clip_length} frames {self.clip_stride}/30 s apart, "
+                     f"shorter side {self.clip_short_side} px" if self.clip_length else "")
+            self.description = f"AVA v{self.ava_version} annotations; {keep}; images {size}{clips}."
 
     @staticmethod
     def _refuse(message: str) -> None:
@@ -137,23 +152,14 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
         }
 
     def options(self) -> dict[str, Any]:
-        return {"max_per_video": self.max_per_video, "max_side": self.max_side}
+        options = {"max_per_video": self.max_per_video, "max_side": self.max_side}
+        if self.clip_length:
+            options.update(clip_length=self.clip_length, clip_stride=self.clip_stride,
+                           clip_short_side=self.clip_short_side)
+        return options
 
     def missing_allowed(self) -> bool:
         return self.allow_missing or environ.get(ALLOW_MISSING_ENV, "") == "1"
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoWork:
-    """What a worker needs to turn a VideoJob into examples (picklable, for Beam)."""
-
-    cache_dir: str
-    manual_dir: str | None
-    max_side: int | None
-    labelmap: LabelMap
-
-    def video_cache(self) -> VideoCache:
-        return VideoCache(self.cache_dir, manual_dir=self.manual_dir)
 
 
 def video_examples(
@@ -161,43 +167,20 @@ def video_examples(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Examples of one video, from one extraction pass; ``outcome`` is updated as they go."""
     outcome.fetch_mode, outcome.bytes_fetched = fetched.fetch_mode, fetched.bytes_fetched
+    outcome.note = fetched.note
     if fetched.path is None:
         outcome.unavailable, outcome.transient = fetched.reason, fetched.transient
         outcome.skipped[VIDEO_LOST if fetched.transient else VIDEO_UNAVAILABLE] = outcome.selected
         return
     persons_at = dict(job.keyframes)
     try:
-        for second, frame in extract_keyframes(fetched.path, list(persons_at),
-                                               max_side=work.max_side, origin=fetched.origin):
+        for second, frame, clip in work.extract(job, fetched):
             outcome.written += 1
-            yield keyframe_key(job.video_id, second), _example(
-                job.video_id, second, persons_at[second], frame, work.labelmap
-            )
+            yield keyframe_key(job.video_id, second), example(
+                job.video_id, second, persons_at[second], frame, work.labelmap, clip)
     except KeyframeError as error:  # MissingKeyframes included: the frames before it are kept
         outcome.error = str(error)
         outcome.skipped[FRAME_MISSING] = outcome.selected - outcome.written
-
-
-def _example(
-    video_id: str, second: int, persons: Sequence[Person], frame: np.ndarray, labelmap: LabelMap
-) -> dict[str, Any]:
-    height, width = frame.shape[:2]
-    return {
-        "image": frame,
-        "video_id": video_id,
-        "timestamp": second,
-        "objects": [
-            {
-                "bbox": tfds.features.BBox(
-                    ymin=person.box[1], xmin=person.box[0], ymax=person.box[3], xmax=person.box[2]
-                ),
-                "box_pixels": pixel_box(person.box, width, height),
-                "labels": [labelmap.index_of(action) for action in person.actions],
-                "person_id": person.person_id,
-            }
-            for person in persons
-        ],
-    }
 
 
 def _prefetched(fetch: Callable[[VideoJob], FetchResult], jobs: Iterable[VideoJob]
@@ -213,15 +196,30 @@ def _prefetched(fetch: Callable[[VideoJob], FetchResult], jobs: Iterable[VideoJo
             yield pending.popleft().result()
 
 
-def _fetch_job(cache: VideoCache, job: VideoJob) -> FetchResult:
-    return cache.fetch(job.video_id, job.seconds)
+def _fetch_job(job: VideoJob, work: VideoWork) -> FetchResult:
+    """The job's video, fetched for what its examples need. The last clip frames may lie
+    past the video's end, which a fetch refuses (they are padding): such a video is then
+    fetched whole for its keyframes, so that its end is known. A cache that cannot be used
+    (or a bad AVA_KEYFRAMES_* setting) is a one-line error."""
+    try:
+        fetched = work.video_cache().fetch(job.video_id, work.fetch_seconds(job.seconds))
+        if fetched.path is None and not fetched.transient and work.clip is not None:
+            whole = work.video_cache(fetch="whole").fetch(job.video_id, job.seconds)
+            if whole.path is not None:
+                note = f"fetched whole for its keyframes: its clips' span was refused " \
+                       f"({fetched.reason})"
+                return dataclasses.replace(
+                    whole, note=note, bytes_fetched=fetched.bytes_fetched + whole.bytes_fetched)
+        return fetched
+    except (CacheError, ValueError) as error:
+        raise _user_error(BuildError(str(error))) from None
 
 
 def _beam_video(job: VideoJob, work: VideoWork):
     """Beam: one video -> its examples, then its VideoOutcome on the side output."""
     beam = tfds.core.lazy_imports.apache_beam
     outcome = VideoOutcome(job.split, job.video_id, len(job.keyframes))
-    yield from video_examples(job, _fetch_job(work.video_cache(), job), work, outcome)
+    yield from video_examples(job, _fetch_job(job, work), work, outcome)
     yield beam.pvalue.TaggedOutput(_OUTCOME_TAG, outcome.to_json())
 
 
@@ -260,27 +258,35 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         AvaKeyframesConfig(name="v2.2", ava_version="2.2"),
         AvaKeyframesConfig(name="v2.1", ava_version="2.1"),
+        AvaKeyframesConfig(name="v2.2_clips8x8", clip_length=8, clip_stride=8),
+        AvaKeyframesConfig(name="v2.2_clips32x2", clip_length=32, clip_stride=2),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "v2.2"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=keyframe_features(_labelmap().names),
+            features=keyframe_features(_labelmap().names, self.builder_config.clip_length),
             homepage="https://research.google.com/ava/",
         )
 
     def download_and_prepare(self, **kwargs: Any) -> None:
         """TFDS's, except that under a plain ``tfds build`` (every config) a config whose
-        annotations cannot be found is skipped with one line rather than failing the run."""
+        annotations cannot be found is skipped with one line rather than failing the run,
+        and the clip configs are left out (built only when named: the same videos again)."""
+        every_config = tfds_builds_every_config()
+        if every_config and self.builder_config.clip_length:
+            print(f"{self.info.full_name}: not built: clip configs are built only when named "
+                  f"(--config {self.builder_config.name})", flush=True)
+            return
         try:
             super().download_and_prepare(**kwargs)
         except AnnotationsMissing as missing:
-            if not _tfds_cli_builds_every_config():
+            if not every_config:
                 raise _user_error(missing) from None
             print(f"{self.info.full_name}: skipped: {missing}", flush=True)
             _SKIPPED_IN_RUN.add(self.builder_config.name)
-            if _SKIPPED_IN_RUN >= {config.name for config in self.BUILDER_CONFIGS}:
+            if _SKIPPED_IN_RUN >= {c.name for c in self.BUILDER_CONFIGS if not c.clip_length}:
                 raise SystemExit("ava_keyframes: error: no config built: no annotations were "
                                  "found for any (see the lines above)") from None
 
@@ -346,6 +352,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             manual_dir=str(manual_dir) if manual_dir else None,
             max_side=config.max_side,
             labelmap=labelmap,
+            clip=(config.clip_length, config.clip_stride, config.clip_short_side)
+            if config.clip_length else None,
         )
         generators = {}
         for split, (csv_name, excluded_name) in config.split_files().items():
@@ -364,7 +372,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return self._walk_videos(split, jobs, work)
 
     def _walk_videos(self, split: str, jobs: list[VideoJob], work: VideoWork):
-        fetched = _prefetched(functools.partial(_fetch_job, work.video_cache()), jobs)
+        fetched = _prefetched(functools.partial(_fetch_job, work=work), jobs)
         outcomes = []
         for job, result in zip(jobs, fetched, strict=True):
             outcomes.append(VideoOutcome(job.split, job.video_id, len(job.keyframes)))
@@ -411,31 +419,6 @@ def _unreachable(url: str) -> str | None:
     except OSError as error:
         return str(error) or type(error).__name__
     return None
-
-
-def _tfds_build_args() -> tuple[Any, list[str]] | None:
-    """(parsed arguments, dataset names) of the ``tfds build`` command running this code
-    (TFDS's ``Args.execute`` is on the call stack), or None outside it."""
-    build = sys.modules.get("tensorflow_datasets.scripts.cli.build")
-    execute = getattr(getattr(build, "Args", None), "execute", None)
-    frame = sys._getframe()
-    while frame is not None and execute is not None:
-        if frame.f_code is execute.__code__:
-            return frame.f_locals["self"], list(frame.f_locals.get("datasets") or [])
-        frame = frame.f_back
-    return None
-
-
-def _tfds_cli_builds_every_config() -> bool:
-    """True inside ``tfds build`` run without ``--config``, ``--config_idx`` or
-    ``name/config``: TFDS then builds each of BUILDER_CONFIGS in turn, and a config that
-    cannot be built is skipped rather than fatal."""
-    found = _tfds_build_args()
-    if found is None:
-        return False
-    args, datasets = found
-    return (args.generation.config is None and args.generation.config_idx is None
-            and not any("/" in name for name in datasets))
 
 
 @functools.cache

@@ -10,9 +10,15 @@ keeps a ``ClassLabel``'s names (``names``, ``int2str``, the ``.labels.txt`` file
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from ava_keyframes.annotations import Person
+from ava_keyframes.frames import Clip
+from ava_keyframes.labelmap import LabelMap
+from ava_keyframes.plan import pixel_box
 
 
 class MultiHotClassLabel(tfds.features.ClassLabel):
@@ -50,9 +56,12 @@ class MultiHotClassLabel(tfds.features.ClassLabel):
         return ", ".join(f"{i} ({self.int2str(int(i))})" for i in np.flatnonzero(ex)) or "-"
 
 
-def keyframe_features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
-    """The features of one example: a keyframe with its persons."""
-    return tfds.features.FeaturesDict({
+def keyframe_features(class_names: Sequence[str], clip_length: int | None = None
+                      ) -> tfds.features.FeaturesDict:
+    """The features of one example: a keyframe with its persons; with ``clip_length``, also
+    the ``clip`` of that many frames around it (each frame a JPEG, as the keyframe) and
+    ``clip_padded``, how many of them repeat the video's first or last frame."""
+    features = {
         "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
         "video_id": tfds.features.Text(),
         "timestamp": tfds.features.Scalar(dtype=np.int32),
@@ -62,4 +71,36 @@ def keyframe_features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
             "labels": MultiHotClassLabel(names=list(class_names)),
             "person_id": tfds.features.Scalar(dtype=np.int32),
         }),
-    })
+    }
+    if clip_length is not None:
+        features["clip"] = tfds.features.Video(shape=(clip_length, None, None, 3),
+                                               encoding_format="jpeg")
+        features["clip_padded"] = tfds.features.Scalar(
+            dtype=np.int32, doc="clip frames before the video's first frame or after its last "
+                                "(they repeat the nearest frame)")
+    return tfds.features.FeaturesDict(features)
+
+
+def example(video_id: str, second: int, persons: Sequence[Person], frame: np.ndarray,
+            labelmap: LabelMap, clip: Clip | None = None) -> dict[str, Any]:
+    """One example of :func:`keyframe_features` (with ``clip``: of a clip config)."""
+    height, width = frame.shape[:2]
+    values = {
+        "image": frame,
+        "video_id": video_id,
+        "timestamp": second,
+        "objects": [
+            {
+                "bbox": tfds.features.BBox(
+                    ymin=person.box[1], xmin=person.box[0], ymax=person.box[3], xmax=person.box[2]
+                ),
+                "box_pixels": pixel_box(person.box, width, height),
+                "labels": [labelmap.index_of(action) for action in person.actions],
+                "person_id": person.person_id,
+            }
+            for person in persons
+        ],
+    }
+    if clip is not None:
+        values["clip"], values["clip_padded"] = clip.frames, clip.padded
+    return values

@@ -1,23 +1,28 @@
 """What a build of `ava_keyframes` will do, and what it did (``build_report.json``).
 
 A split's annotations become one ``VideoJob`` per video (decided before any video is
-touched); each job ends as a ``VideoOutcome`` (keyframes written, and why the others were
-not); ``build_report`` puts them together so that every row read and every keyframe
-annotated is counted once, as written or under the reason it was not.
+touched); ``VideoWork`` says how a worker fetches and decodes it; each job ends as a
+``VideoOutcome`` (keyframes written, and why the others were not); ``build_report`` puts
+them together so that every row read and every keyframe annotated is counted once, as
+written or under the reason it was not. Last, what a ``tfds build`` command asked for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ava_keyframes.annotations import Annotations, Person
+from ava_keyframes.frames import Clip, clip_offsets, extract_clips, extract_keyframes
+from ava_keyframes.labelmap import LabelMap
+from ava_keyframes.sources import FetchResult, VideoCache
 
 # Why a keyframe of the CSVs is not in the dataset (keys of ``keyframes_skipped``).
 OVER_LIMIT = "over max_per_video"
@@ -59,6 +64,46 @@ class VideoJob:
         return [second for second, _ in self.keyframes]
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoWork:
+    """What a worker needs to turn a VideoJob into examples (picklable, for Beam)."""
+
+    cache_dir: str
+    manual_dir: str | None
+    max_side: int | None
+    labelmap: LabelMap
+    clip: tuple[int, int, int] | None = None  # (length, stride, short side)
+
+    def video_cache(self, fetch: str | None = None) -> VideoCache:
+        """The cache (``fetch``: its mode, None: AVA_KEYFRAMES_FETCH's); ValueError for a bad
+        AVA_KEYFRAMES_* setting."""
+        return VideoCache(self.cache_dir, manual_dir=self.manual_dir, fetch=fetch)
+
+    def fetch_seconds(self, seconds: list[int]) -> list[float]:
+        """The seconds a video is fetched for: its keyframes' and, for clips, the earliest
+        and latest clip frame's (never before 0)."""
+        if self.clip is None:
+            return seconds
+        offsets = clip_offsets(*self.clip[:2])
+        return [max(0.0, float(seconds[0] + offsets[0])), *seconds,
+                float(seconds[-1] + offsets[-1])]
+
+    def extract(self, job: VideoJob, fetched: FetchResult
+                ) -> Iterator[tuple[int, np.ndarray, Clip | None]]:
+        """(second, keyframe, clip or None) for each of the job's keyframes, from one pass
+        over ``fetched``'s file (see :mod:`ava_keyframes.frames`)."""
+        if self.clip is None:
+            for second, frame in extract_keyframes(fetched.path, job.seconds,
+                                                   max_side=self.max_side, origin=fetched.origin):
+                yield second, frame, None
+            return
+        length, stride, short_side = self.clip
+        for clip in extract_clips(fetched.path, job.seconds, length=length, stride=stride,
+                                  clip_short_side=short_side, max_side=self.max_side,
+                                  origin=fetched.origin):
+            yield clip.second, clip.keyframe, clip
+
+
 @dataclasses.dataclass
 class VideoOutcome:
     """What became of one VideoJob: keyframes written, why the others were not, and how the
@@ -74,6 +119,7 @@ class VideoOutcome:
     error: str | None = None  # why decoding stopped short of the selected keyframes
     fetch_mode: str | None = None
     bytes_fetched: int = 0
+    note: str | None = None  # how the fetch differed from what was asked (FetchResult.note)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,6 +203,8 @@ def _split_report(plan: SplitPlan, outcomes: list[VideoOutcome | None]) -> dict[
         if outcome.fetch_mode:
             fetched[job.video_id] = {"fetch_mode": outcome.fetch_mode,
                                      "bytes_fetched": outcome.bytes_fetched}
+            if outcome.note:
+                fetched[job.video_id]["note"] = outcome.note
     skipped[OVER_LIMIT] = plan.keyframes_annotated - sum(len(j.keyframes) for j in plan.jobs)
     return {
         "annotation_file": plan.annotation_file,
@@ -176,3 +224,28 @@ def _split_report(plan: SplitPlan, outcomes: list[VideoOutcome | None]) -> dict[
         "fetch_modes": dict(sorted(Counter(f["fetch_mode"] for f in fetched.values()).items())),
         "rejected_rows": plan.rejected_rows,
     }
+
+
+def tfds_build_args() -> tuple[Any, list[str]] | None:
+    """(parsed arguments, dataset names) of the ``tfds build`` command running this code
+    (TFDS's ``Args.execute`` is on the call stack), or None outside it."""
+    build = sys.modules.get("tensorflow_datasets.scripts.cli.build")
+    execute = getattr(getattr(build, "Args", None), "execute", None)
+    frame = sys._getframe()
+    while frame is not None and execute is not None:
+        if frame.f_code is execute.__code__:
+            return frame.f_locals["self"], list(frame.f_locals.get("datasets") or [])
+        frame = frame.f_back
+    return None
+
+
+def tfds_builds_every_config() -> bool:
+    """True inside ``tfds build`` run without ``--config``, ``--config_idx`` or
+    ``name/config``: TFDS then builds each of BUILDER_CONFIGS in turn, and a config that
+    cannot be built is skipped rather than fatal (the builder leaves clip configs out)."""
+    found = tfds_build_args()
+    if found is None:
+        return False
+    args, datasets = found
+    return (args.generation.config is None and args.generation.config_idx is None
+            and not any("/" in name for name in datasets))
