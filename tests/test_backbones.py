@@ -54,3 +54,14 @@ def test_bad_preset_folder_is_one_line(tmp_path):
     with pytest.raises(B.ModelError, match="cannot load KerasCV preset") as error:
         B.preset_backbone(str(tmp_path))
     assert "\n" not in str(error.value)
+
+
+def test_retinanet_preset_folder_gives_its_backbone(tmp_path):
+    from detector.model import build_model
+
+    model = build_model(3, backbone="resnet18", backbone_width=0.25, image_size=64,
+                        fpn_channels=8, head_channels=8, head_depth=1)
+    save_to_preset(model, str(tmp_path / "retinanet"))
+    loaded = B.preset_backbone(str(tmp_path / "retinanet"))
+    for ours, theirs in zip(model.backbone.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
