@@ -256,6 +256,8 @@ def test_same_seed_same_corpus(tmp_path):
     assert first.ids == second.ids != other.ids
     for split in ("train", "val"):
         assert first.annotation_csv(split).read_text() == second.annotation_csv(split).read_text()
+    for video in first.videos.values():  # the encoder is deterministic too (one thread)
+        assert video.read_bytes() == (second.root / "videos" / video.name).read_bytes()
 
 
 def test_make_corpus_refuses_a_used_folder_and_bad_arguments(tmp_path):
