@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -22,10 +23,12 @@ import sys
 import textwrap
 import time
 from collections import defaultdict
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
@@ -34,6 +37,7 @@ from ava_keyframes.cli import main as cli_main
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 from ava_keyframes.mirror import LoopbackMirror
 from ava_keyframes.sources import FetchResult
+from ava_keyframes.stamp import read_frame_stamp
 from ava_keyframes.synth import make_corpus
 
 DATASET_FOLDER = Path(builder_module.__file__).parent
@@ -107,6 +111,64 @@ def test_tfds_build_refuses_a_config_named_like_a_path_in_one_line(tmp_path):
     assert not any(path.is_file() for path in tmp_path.rglob("*"))  # nothing written at all
 
 
+def test_clip_options_are_validated():
+    with pytest.raises(ValueError, match="clip_length and clip_stride go together"):
+        builder_module.AvaKeyframesConfig(name="x", clip_length=8)
+    with pytest.raises(ValueError, match="clip_stride must be a positive integer or null"):
+        builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=0)
+    with pytest.raises(ValueError, match="clip_short_side must be a positive integer, not 2.5"):
+        builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=2,
+                                          clip_short_side=2.5)
+
+
+def test_only_clip_configs_have_clip_features(tmp_path):
+    def features(config):
+        return builder_module.Builder(config=config, data_dir=str(tmp_path)).info.features
+
+    for name in ("v2.2", "v2.1"):
+        assert "clip" not in features(name) and "clip_padded" not in features(name)
+    for name, length in (("v2.2_clips8x8", 8), ("v2.2_clips32x2", 32)):
+        clip = features(name)["clip"]
+        assert isinstance(clip, tfds.features.Video) and clip.shape == (length, None, None, 3)
+        assert features(name)["image"].shape == (None, None, 3)  # the keyframe, as in v2.2
+    config = builder_module.Builder.builder_configs["v2.2_clips32x2"]
+    assert (config.clip_length, config.clip_stride, config.clip_short_side) == (32, 2, 256)
+
+
+def _dummy_job(video_id: str, seconds: tuple[int, ...]) -> plan.VideoJob:
+    return plan.VideoJob("train", video_id, tuple((second, ()) for second in seconds))
+
+
+def test_clips_are_padded_and_counted_at_both_edges(tmp_path):
+    """dummy_data's videos: 10 fps, frame i (stamped i) at i/10 s, last frame 3.9 s. Clips of
+    8 frames 16/30 s apart reach 2.13 s before and 1.6 s after their keyframe."""
+    video = DATASET_FOLDER / "dummy_data" / "videos" / "0ogRTCEBL0p.mp4"
+    work = plan.VideoWork(str(tmp_path / "cache"), None, None, LABELMAP, clip=(8, 16, 72))
+    outcome = plan.VideoOutcome("train", "0ogRTCEBL0p", 3)
+    fetched = FetchResult("0ogRTCEBL0p", "cached", video, "local", None, fetch_mode="local")
+    examples = dict(builder_module.video_examples(_dummy_job("0ogRTCEBL0p", (1, 3)), fetched,
+                                                  work, outcome))
+    first, last = examples["0ogRTCEBL0p_0001"], examples["0ogRTCEBL0p_0003"]
+    # times 1 + (k - 4) * 16/30: -1.13, -0.6, -0.07 (before the first frame), 0.47, 1.0, ...
+    assert [read_frame_stamp(f) for f in first["clip"]] == [0, 0, 0, 5, 10, 16, 21, 26]
+    assert first["clip_padded"] == 3 and read_frame_stamp(first["image"]) == 10
+    # times 3 + (k - 4) * 16/30: ... 3.53, 4.07 and 4.6 (after the last frame, 3.9 s)
+    assert [read_frame_stamp(f) for f in last["clip"]] == [9, 14, 20, 25, 30, 36, 39, 39]
+    assert last["clip_padded"] == 2 and first["clip"].shape == (8, 72, 96, 3)
+    assert outcome.written == 2 and not outcome.skipped
+
+
+def test_an_unusable_cache_is_a_one_line_build_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVA_KEYFRAMES_SOURCES", "local")
+    planted = tmp_path / "cache" / "videos" / "0ogRTCEBL0p.mp4"
+    planted.parent.mkdir(parents=True)
+    planted.symlink_to(tmp_path / "victim.mp4")  # a link planted in the cache
+    work = plan.VideoWork(str(tmp_path / "cache"), None, None, LABELMAP)
+    with pytest.raises(builder_module.BuildError) as error:
+        builder_module._fetch_job(_dummy_job("0ogRTCEBL0p", (1,)), work)
+    assert str(error.value) == f"{planted}: a symbolic link in the video cache, refused (remove it)"
+
+
 @pytest.mark.parametrize("name", ["../../../x", "a/b", "..", ".hidden", "", "x" * 65, "v2.2\n"])
 def test_config_names_are_checked_like_ids(name):
     with pytest.raises(ValueError, match="config name"):
@@ -166,11 +228,11 @@ def _losing(video_id: str):
     spent retries or a full disk) and fetches the others as usual."""
     fetch = builder_module._fetch_job
 
-    def fetch_job(cache, job):
+    def fetch_job(job, work):
         if job.video_id == video_id:
             return FetchResult(video_id, "unavailable", None, "mirror",
                                "connection reset (retries spent)", transient=True)
-        return fetch(cache, job)
+        return fetch(job, work)
 
     return fetch_job
 
@@ -316,18 +378,20 @@ def builds(e2e):
     _finish(in_folder)
     _finish(beam)
 
-    mirror, killed_cache = e2e["mirror"], e2e["root"] / "killed-cache" / "videos"
-    mirror.delay = 1.0  # per request: the next download is still running when we kill
+    # the mirror answers byte ranges: videos come as windows, each finished by its sidecar
+    mirror, killed_cache = e2e["mirror"], e2e["root"] / "killed-cache" / "windows"
+    mirror.delay = 0.3  # per request: the next window is still being fetched when we kill
     killed = _tfds_build(e2e, "killed", cache="killed-cache")
     deadline = time.monotonic() + 120
-    while not (killed_cache.is_dir() and any(killed_cache.iterdir())):
+    while not (killed_cache.is_dir() and any(killed_cache.glob("*.json"))):
         assert killed.poll() is None and time.monotonic() < deadline, "build ended too soon"
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     mirror.delay = 0.0
     assert not (e2e["root"] / "killed/ava_keyframes/v2.2/2.0.0").exists()  # stopped midway
-    first_video, rerun_starts = next(killed_cache.iterdir()).name, len(mirror.requests)
+    first_video = next(killed_cache.glob("*.json")).name.removesuffix(".json")
+    rerun_starts = len(mirror.requests)
     _finish(_tfds_build(e2e, "killed", cache="killed-cache"))
     assert f"/{first_video}" not in mirror.requests[rerun_starts:]  # not downloaded again
     return {**{name: e2e["root"] / name for name in ("plain", "in_folder", "beam", "killed")},
@@ -509,7 +573,7 @@ def test_build_report_records_how_each_video_was_fetched(e2e, loaded, builds):
     downloaded = [v for v in info.ids["train"] if v not in (e2e["missing"], e2e["broken"])]
     plain = loaded["fetch"][str(builds["plain"])]["train"]
     fetched = plain["videos_fetched"]
-    assert all(fetched[v]["fetch_mode"] in ("whole", "window") for v in downloaded)
+    assert all(fetched[v]["fetch_mode"] == "window" for v in downloaded)  # the mirror has ranges
     assert all(fetched[v]["bytes_fetched"] > 0 for v in downloaded)
     assert plain["bytes_fetched"] == sum(f["bytes_fetched"] for f in fetched.values())
     assert sum(plain["fetch_modes"].values()) == len(fetched)
@@ -525,6 +589,10 @@ def test_plain_tfds_build_builds_v2_2_and_skips_v2_1_in_one_line(e2e, builds):
     lines = builds["plain_output"].splitlines()
     skipped = [line for line in lines if re.match(r"ava_keyframes/\S+: skipped: ", line)]
     assert len(skipped) == 1 and skipped[0].startswith("ava_keyframes/v2.1/2.0.0: skipped: ")
+    for clips in ("v2.2_clips8x8", "v2.2_clips32x2"):  # opt-in: built only when named
+        assert (f"ava_keyframes/{clips}/2.0.0: not built: clip configs are built only when "
+                f"named (--config {clips})") in lines
+        assert not (builds["plain"] / "ava_keyframes" / clips).exists()
     assert str(e2e["manual"] / "annotations") in skipped[0] and "ava_v2.1.zip" in skipped[0]
     assert not any("Traceback" in line for line in lines)
     assert not any("deprecat" in line.lower() for line in lines)  # no nested ragged features
@@ -567,6 +635,108 @@ def test_examples_batch_with_padded_batch(loaded):
 
 
 # --- export-csv ------------------------------------------------------------------------------
+
+
+# --- a clip config: same keyframes, clips by the rule, through the mirror ---------------------
+
+
+@pytest.fixture(scope="module")
+def clip_build(e2e, builds, tmp_path_factory):
+    """v2.2_clips32x2 built in process from the e2e mirror and manual dir (its own cache).
+    The corpus' videos end at 904.9 s, so the clips of 904 reach past the end (905.0 s)."""
+    root = tmp_path_factory.mktemp("clips")
+    builder = builder_module.Builder(config="v2.2_clips32x2", data_dir=str(root / "data"))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in _env(e2e, "clips-cache").items():
+            if name.startswith("AVA_KEYFRAMES_"):
+                patch.setenv(name, value)
+        patch.setenv("AVA_KEYFRAMES_CACHE", str(root / "cache"))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(e2e["manual"])))
+    keyframes = builder_module.Builder(config="v2.2", data_dir=str(builds["plain"]))
+    return {"clips": builder, "keyframes": keyframes,
+            "report": json.loads((Path(builder.data_dir) / "build_report.json").read_text())}
+
+
+def _by_key(builder, split: str) -> dict[str, dict]:
+    return {f"{ex['video_id'].decode()}_{int(ex['timestamp']):04d}": ex
+            for ex in tfds.as_numpy(builder.as_dataset(split=split))}
+
+
+@pytest.mark.slow
+def test_clip_config_keyframe_features_equal_the_keyframe_configs(clip_build):
+    for split in ("train", "validation"):
+        clips, keyframes = _by_key(clip_build["clips"], split), _by_key(clip_build["keyframes"],
+                                                                         split)
+        assert set(clips) == set(keyframes) and len(clips) > 0
+        for key, example in clips.items():
+            assert set(example) == {*keyframes[key], "clip", "clip_padded"}
+            np.testing.assert_array_equal(example["image"], keyframes[key]["image"])
+            for field, value in example["objects"].items():
+                np.testing.assert_array_equal(value, keyframes[key]["objects"][field])
+
+
+def _expected_clip(info, second: int, length: int, stride: int) -> tuple[list[int], int]:
+    """Stamps of the clip frames the rule names (the first frame at or after each time, the
+    nearest frame outside the video), and how many are padding."""
+    last = math.ceil((info.start + info.seconds) * info.fps) - 1
+    stamps, padded = [], 0
+    for k in range(length):
+        time = second + Fraction((k - length // 2) * stride, 30)
+        index = math.ceil(time * info.fps)
+        padded += time < 0 or index > last
+        stamps.append(min(max(index, 0), last))
+    return stamps, padded
+
+
+@pytest.mark.slow
+def test_every_clip_frame_is_the_frame_the_rule_names(e2e, clip_build):
+    seen_padded = 0
+    for split in ("train", "validation"):
+        for key, example in _by_key(clip_build["clips"], split).items():
+            stamps, padded = _expected_clip(e2e["info"], int(example["timestamp"]), 32, 2)
+            assert example["clip"].shape == (32, 256, 341, 3), key  # shorter side 256
+            assert [read_frame_stamp(frame) for frame in example["clip"]] == stamps, key
+            assert example["clip_padded"] == padded, key
+            seen_padded += padded
+    assert seen_padded > 0  # the clips of 904 end past the last frame
+
+
+@pytest.mark.slow
+def test_clips_past_the_end_fetch_the_video_whole_and_say_so(e2e, clip_build):
+    report, info = clip_build["report"], e2e["info"]
+    assert report["options"]["clip_length"] == 32 and report["options"]["clip_stride"] == 2
+    modes = set()
+    for split, csv_split in (("train", "train"), ("validation", "val")):
+        fetched_videos = report["splits"][split]["videos_fetched"]
+        for video_id in info.ids[csv_split]:
+            if video_id in (e2e["missing"], e2e["broken"]):
+                continue
+            fetched = fetched_videos[video_id]
+            modes.add(fetched["fetch_mode"])
+            assert fetched["bytes_fetched"] > 0
+            if (video_id, 904) in info.excluded[csv_split]:  # its clips end by 904.0 s
+                assert fetched["fetch_mode"] == "window" and "note" not in fetched
+            else:  # the window up to 905.0 s is refused (the video ends at 904.9 s): whole
+                assert fetched["fetch_mode"] == "whole"
+                assert fetched["note"].startswith("fetched whole for its keyframes: its clips'")
+    assert "whole" in modes
+
+
+@pytest.mark.slow
+def test_clips_batch_in_tf_data(clip_build):
+    ds = clip_build["clips"].as_dataset(split="train")
+    clips, padded = next(iter(ds.map(lambda ex: (ex["clip"], ex["clip_padded"])).batch(2)))
+    assert clips.shape == (2, 32, 256, 341, 3) and clips.dtype == "uint8"
+    assert padded.shape == (2,)
+    batch = next(iter(tfds.as_numpy(ds.padded_batch(3))))
+    assert batch["clip"].shape == (3, 32, 256, 341, 3) and batch["objects"]["labels"].ndim == 3
+    # the dataset card's recipe: clips cropped to one size, then batched with their targets
+    cropped = ds.map(lambda ex: (tf.image.resize_with_crop_or_pad(ex["clip"], 224, 224),
+                                 ex["objects"]["bbox"], ex["objects"]["labels"]))
+    clips, boxes, labels = next(iter(cropped.padded_batch(3)))
+    assert clips.shape == (3, 32, 224, 224, 3) and clips.dtype == "uint8"
+    assert boxes.shape[::2] == (3, 4) and labels.shape[::2] == (3, 80)
 
 
 @pytest.mark.slow
