@@ -277,6 +277,19 @@ class MultiLabelRetinaNet(keras_cv.models.RetinaNet):
     def image_size(self) -> int:
         return int(self.input_shape[1])
 
+    def predict(self, x, *args, **kwargs):
+        """Keras's `predict` on batches of `image_size` x `image_size` images. Images of
+        other sizes are letterboxed by `detector.predict.detect_images` and by the exported
+        `serving_function`; here they are a ModelError rather than a shape error deep inside."""
+        shape = getattr(x, "shape", None)
+        if shape is not None and len(shape) == 4 and tuple(shape[1:3]) != (self.image_size,) * 2:
+            raise ModelError(
+                f"predict takes {self.image_size}x{self.image_size} images, got "
+                f"{shape[1]}x{shape[2]}: use detector.predict.detect_images or "
+                "serving_function for images of any size"
+            )
+        return super().predict(x, *args, **kwargs)
+
     def decode_predictions(self, predictions, images):
         return super().decode_predictions(_float32(predictions), images)
 

@@ -109,6 +109,14 @@ def test_saved_model_reloads_and_detects_the_same(tiny_batch, tmp_path):
     assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy() == 1
 
 
+def test_predict_on_another_image_size_is_a_clear_error(tiny_batch):
+    model = M.build_model(3, **TINY)
+    images, _ = tiny_batch
+    assert model.predict(images, verbose=0)["boxes"].shape[0] == 2
+    with pytest.raises(M.ModelError, match="detect_images or serving_function"):
+        model.predict(np.zeros((1, SIZE + 32, SIZE, 3), "float32"), verbose=0)
+
+
 def test_load_model_errors_name_the_file(tmp_path):
     with pytest.raises(M.ModelError, match="nope.keras"):
         M.load_model(str(tmp_path / "nope.keras"))
