@@ -1,4 +1,5 @@
-"""The TFDS features of `ava_keyframes` (declared once, here) and the multi-label feature.
+"""The TFDS features of `ava_keyframes` (declared once, here, with the example that fills
+them) and the multi-label feature.
 
 AVA is multi-label: a person does several actions at once. ``MultiHotClassLabel`` stores a
 person's actions as a fixed-shape bool vector over the classes, so that examples batch
