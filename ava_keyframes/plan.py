@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -228,10 +229,11 @@ def _split_report(plan: SplitPlan, outcomes: list[VideoOutcome | None]) -> dict[
 
 def tfds_build_args() -> tuple[Any, list[str]] | None:
     """(parsed arguments, dataset names) of the ``tfds build`` command running this code
-    (TFDS's ``Args.execute`` is on the call stack), or None outside it."""
+    (TFDS's ``Args.execute`` is on the main thread's call stack: a helper thread, such as
+    the one fetching the next video, counts too), or None outside it."""
     build = sys.modules.get("tensorflow_datasets.scripts.cli.build")
     execute = getattr(getattr(build, "Args", None), "execute", None)
-    frame = sys._getframe()
+    frame = sys._current_frames().get(threading.main_thread().ident)
     while frame is not None and execute is not None:
         if frame.f_code is execute.__code__:
             return frame.f_locals["self"], list(frame.f_locals.get("datasets") or [])
