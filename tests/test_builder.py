@@ -169,6 +169,24 @@ def test_an_unusable_cache_is_a_one_line_build_error(tmp_path, monkeypatch):
     assert str(error.value) == f"{planted}: a symbolic link in the video cache, refused (remove it)"
 
 
+@pytest.mark.slow
+def test_tfds_build_with_an_unusable_cache_is_one_line(tmp_path):
+    """The error comes from the thread that fetches videos; under `tfds build` it is still
+    one line and a non-zero exit code."""
+    planted = tmp_path / "cache" / "videos" / "0ogRTCEBL0p.mp4"
+    planted.parent.mkdir(parents=True)
+    planted.symlink_to(tmp_path / "victim.mp4")
+    cmd = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes", "--config", "v2.2",
+           "--manual_dir", str(DATASET_FOLDER / "dummy_data"), "--data_dir", str(tmp_path)]
+    env = {**os.environ, "AVA_KEYFRAMES_SOURCES": "local", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "AVA_KEYFRAMES_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,  # noqa: S603
+                            env=env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        f"ava_keyframes: error: {planted}: a symbolic link in the video cache, refused (remove it)")
+
+
 @pytest.mark.parametrize("name", ["../../../x", "a/b", "..", ".hidden", "", "x" * 65, "v2.2\n"])
 def test_config_names_are_checked_like_ids(name):
     with pytest.raises(ValueError, match="config name"):
