@@ -378,10 +378,8 @@ class Answers:
         self.unanswered += run
 
     def ends_early(self) -> bool:
-        """Whether the frames end more than a second before the end the header declares
-        (a truncated file; the header's end may count a longer audio track)."""
-        end, declared = self.last_time, self.video.declared_end
-        return end is not None and declared is not None and end + 1 < declared
+        """Whether the frames end early for the file's header (a truncated file)."""
+        return self.video.ends_early(self.last_time)
 
     def why_missing(self) -> str:
         """Why ``unanswered`` got no frame, for a message (times counted from ``origin``)."""

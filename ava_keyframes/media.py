@@ -107,6 +107,13 @@ class Video:
             return None
         return Fraction(container.duration + (container.start_time or 0), av.time_base)
 
+    def ends_early(self, last: Fraction | None) -> bool:
+        """Whether a video whose last frame (or packet) shows at ``last`` ends more than a
+        second before the end its header declares: a truncated file (the slack because the
+        header's end may count a longer audio track)."""
+        declared = self.declared_end
+        return last is not None and declared is not None and last + 1 < declared
+
     def complete_until(self) -> Fraction:
         """The time up to which every frame of the video is in this file, for a file that
         may be a part cut from a longer video in decoding order, whose tail then lacks
@@ -303,7 +310,8 @@ def check_video(path: str | os.PathLike, *, until: float | Fraction | None = Non
     """Raise VideoError unless ``path``'s first frame decodes and its video packets demux
     without error through ``until`` seconds (counted from ``origin``, the original video's
     first frame in this file's timeline; None = this file's first frame), or through the
-    end of the file if ``until`` is None. A file that ends before ``until`` fails too."""
+    end of the file if ``until`` is None. A file that ends before ``until``, or (without
+    ``until``) more than a second before the end its header declares, fails too."""
     with open_video(path) as video:
         start = video.start if origin is None else Fraction(origin)
         end = None if until is None else start + Fraction(until)
@@ -315,6 +323,9 @@ def check_video(path: str | os.PathLike, *, until: float | Fraction | None = Non
                     return
         if video.problem:
             raise VideoError(f"{path}: {video.problem}")
+        if end is None and video.ends_early(last):
+            raise VideoError(f"{path}: truncated: the video ends at {float(last - start):.3f} s, "
+                             f"its header says {float(video.declared_end - start):.3f} s")
         if end is not None:
             reached = "no packet" if last is None else f"{float(last - start):.3f} s"
             raise VideoError(f"{path}: the video ends at {reached}, before second {until}")

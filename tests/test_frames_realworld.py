@@ -232,6 +232,8 @@ def test_check_video_through_until(cases, tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(VideoError, match=str(truncated)):
         check_video(truncated, until=5)
+    with pytest.raises(VideoError, match="truncated: the video ends at"):
+        check_video(truncated)  # no seconds named: the header's duration is the bar
 
 
 def test_another_ffmpeg_first_on_path_changes_nothing(cases, references, tmp_path):
