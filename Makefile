@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/ava-detector demo --out demo_output
+	$(BIN)/ava-detector demo --out demo_output
 
 test: $(STAMP)
 	$(BIN)/pytest -q

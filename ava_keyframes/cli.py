@@ -8,7 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from ava_keyframes.remote import Limits
-from ava_keyframes.runner import CliError, VerbParser, parse_seconds, run, user_errors
+from ava_keyframes.runner import (
+    CliError,
+    VerbParser,
+    output_path,
+    parse_seconds,
+    run,
+    user_errors,
+)
 
 
 # --- labelmap ---
@@ -186,8 +193,6 @@ def _add_download_parser(sub: argparse._SubParsersAction) -> None:
 
 # --- frames ---
 def _cmd_frames(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from PIL import Image
 
     from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
@@ -196,8 +201,7 @@ def _cmd_frames(args: argparse.Namespace) -> int:
     seconds = parse_seconds(args.seconds, fractions=True)
     if args.max_side is not None and args.max_side < 1:
         raise CliError(f"--max-side must be at least 1, not {args.max_side}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_path(args.out, folder=True)
     written: list[dict] = []
     options = {"quality": 95} if args.format == "jpg" else {}
     try:
@@ -228,20 +232,15 @@ def _cmd_export_csv(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ava-keyframes",
-        description="AVA Actions keyframes: label maps, annotations, videos, frames, TFDS export.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=VerbParser)
-    # --- parsers ---
+def _add_labelmap(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("labelmap", help="read an AVA label map (.pbtxt)")
     p.add_argument("pbtxt", help="label map in 'label {...}' or 'item {...}' form")
     p.add_argument("--json", action="store_true", help="print [{id, name, type}] as JSON")
     p.add_argument("--classes-csv", metavar="OUT", help="write keras-retinanet's classes CSV")
     p.set_defaults(func=_cmd_labelmap)
 
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="validate an AVA annotation CSV and count what it holds")
     p.add_argument("csv", help="AVA CSV (7 or 8 columns)")
     p.add_argument("--labelmap", metavar="PBTXT", help="reject actions not in this label map")
@@ -249,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="counts and rejected rows as JSON")
     p.set_defaults(func=_cmd_inspect)
 
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic AVA corpus (videos and annotations)",
                        description="Write OUT/videos/<id>.<ext> and OUT/annotations/ (train and "
                        "val CSVs, label map, excluded timestamps) in the real AVA formats. "
@@ -266,16 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same corpus)")
     p.set_defaults(func=_cmd_synth)
 
-    _add_download_parser(sub)
 
+def _add_frames(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("frames", help="extract frame-exact keyframes from a video",
                        description="Write DIR/<second>.<format> for each requested second: "
                        "the first frame whose presentation time, counted from the video's "
                        "first frame, is at or after that second (what `ffmpeg -ss SECOND -i "
                        "VIDEO -frames:v 1` returns).")
     p.add_argument("video", help="video file (mp4, mkv, webm, ...)")
-    p.add_argument("--seconds", required=True, metavar="S,S,...",
-                   help="comma-separated seconds such as 902,903 or 902.5")
+    p.add_argument("--seconds", required=True, metavar="S,S-S",
+                   help="comma-separated seconds and ranges such as 902,903,910-915 or 902.5")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="image format")
     p.add_argument("--max-side", type=int, metavar="N",
@@ -284,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the written frames and the decoder's library versions as JSON")
     p.set_defaults(func=_cmd_frames)
 
+
+def _add_export_csv(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-csv", help="export a built TFDS split for keras-retinanet",
                        description="Write OUT/images/<video_id>_<second>.jpg, "
                        "OUT/annotations.csv (path,x1,y1,x2,y2,class_name; one row per person "
@@ -295,6 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="v2.2",
                    help="builder config, or the name of a custom one (default v2.2)")
     p.set_defaults(func=_cmd_export_csv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ava-keyframes",
+        description="AVA Actions keyframes: label maps, annotations, videos, frames, TFDS export.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=VerbParser)
+    for add in (_add_labelmap, _add_inspect, _add_synth, _add_download_parser, _add_frames,
+                _add_export_csv):
+        add(sub)
     return parser
 
 

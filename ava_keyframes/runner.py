@@ -107,6 +107,9 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 141  # 128 + SIGPIPE
 
 
 @contextmanager

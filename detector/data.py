@@ -116,12 +116,21 @@ def load_split(
         return tfds.load(
             info.name, split=split, data_dir=data_dir, shuffle_files=shuffle_files,
             download=False, read_config=tfds.ReadConfig(try_autocache=False),
+            decoders=_unused_video_features(info),
         )
     except (AssertionError, ValueError) as error:
         raise DataError(
             f"dataset {info.name!r} split {split!r} is not readable (built with `tfds build`"
             f" under --data-dir?): {str(error).strip().splitlines()[0]}"
         ) from None
+
+
+def _unused_video_features(info: DatasetInfo) -> dict | None:
+    """Video features (an AVA clip config's `clip`) are left encoded: the detector reads the
+    keyframe image only, and decoding T frames per example would cost most of the input time."""
+    skipped = {name: tfds.decode.SkipDecoding() for name, feature in info.tfds_info.features.items()
+               if isinstance(feature, tfds.features.Video)}
+    return skipped or None
 
 
 def standardize(info: DatasetInfo) -> Callable[[dict, tf.Tensor], dict[str, tf.Tensor]]:

@@ -742,6 +742,19 @@ def test_clips_past_the_end_fetch_the_video_whole_and_say_so(e2e, clip_build):
 
 
 @pytest.mark.slow
+def test_the_detector_reads_a_clip_configs_keyframes_and_leaves_clips_encoded(clip_build):
+    from detector import data
+
+    builder = clip_build["clips"]
+    info = data.dataset_info(builder.info.full_name.rsplit("/", 1)[0], builder.data_dir_root)
+    assert data.load_split(info, "train", builder.data_dir_root).element_spec["clip"].dtype \
+        == tf.string  # not decoded: the detector never looks at it
+    images, targets = next(iter(data.train_batches(info, "train", image_size=64, batch_size=2,
+                                                   data_dir=builder.data_dir_root)))
+    assert images.shape == (2, 64, 64, 3) and targets["classes"].shape[-1] == 80
+
+
+@pytest.mark.slow
 def test_clips_batch_in_tf_data(clip_build):
     ds = clip_build["clips"].as_dataset(split="train")
     clips, padded = next(iter(ds.map(lambda ex: (ex["clip"], ex["clip_padded"])).batch(2)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -288,7 +289,39 @@ def test_cli_errors_are_one_line_without_traceback(videos, tmp_path, capsys, arg
     assert "Traceback" not in error
 
 
+def test_cli_out_that_is_a_file_is_one_line(videos, tmp_path, capsys):
+    path, _ = videos[KINDS[0]]
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    assert main(["frames", str(path), "--out", str(taken), "--seconds", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error == f"ava-keyframes: error: {taken}: exists and is not a folder\n"
+    assert taken.read_text() == "not a folder"
+
+
 def test_cli_names_a_missing_video(tmp_path, capsys):
     missing = tmp_path / "missing.mp4"
     assert main(["frames", str(missing), "--seconds", "1", "--out", str(tmp_path)]) == 2
     assert f"{missing}: no such file" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_extraction_ends_the_process_cleanly(videos, tmp_path):
+    """Ctrl-C between two frames: KeyboardInterrupt reaches the caller, the decoder closes,
+    and the interpreter exits normally (the ffmpeg-process design aborted with 'Fatal Python
+    error: _enter_buffered_busy', rc 134)."""
+    source, _ = videos[KINDS[4]]
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from ava_keyframes.frames import extract_keyframes\n"
+        "try:\n"
+        f"    for second, image in extract_keyframes({str(source)!r}, [0, 1, 2]):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted at', second)\n"
+        "    sys.exit(130)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,  # noqa: S603
+                            timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stdout == "interrupted at 0\n"
+    assert "Fatal" not in result.stderr and "Traceback" not in result.stderr

@@ -93,3 +93,18 @@ def test_quiet_libraries_drops_native_log_lines_and_keeps_the_rest(capfd):
         os.write(2, b"ffmpeg: a child's line\n")
         print("ours", file=sys.stderr)
     assert capfd.readouterr().err == "ours\nffmpeg: a child's line\n"
+
+
+def test_a_reader_that_goes_away_ends_the_verb_quietly(ava_data):
+    """`ava-keyframes labelmap MAP | head -0`: the pipe closes before the first line."""
+    import subprocess
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    result = subprocess.run(  # noqa: S603 (argument list)
+        [sys.executable, "-m", "ava_keyframes.cli", "labelmap",
+         str(ava_data / "ava_action_list_v2.2.pbtxt")],
+        stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write)
+    assert result.returncode == 141
+    assert result.stderr == ""
