@@ -266,14 +266,7 @@ def read_annotations(
     path = Path(path)
     frame, columns, line_numbers, ascii_only = _split_fields(_read_lines(path))
     check = _Validator(len(columns))
-    allowed = (7, 8) if kind == "groundtruth" else (8,)
-    check.fail(
-        ~np.isin(columns, (2, *allowed)), "row",
-        lambda rows: [
-            f"wrong column count: {columns[i]} (expected {' or '.join(map(str, allowed))},"
-            " or 2 for a keyframe without boxes)" for i in rows
-        ],
-    )
+    _check_column_counts(check, columns, kind)
     video_id = np.array([v.strip() for v in frame["video_id"].tolist()], dtype=object)
     check.fail(~np.fromiter((VIDEO_ID_RE.fullmatch(v) is not None for v in video_id.tolist()),
                             bool, len(video_id)),
@@ -309,6 +302,17 @@ def read_annotations(
     ]
     empty_keyframes = set(zip(video_id[empty].tolist(), seconds[empty].tolist(), strict=True))
     return Annotations(str(path), kind, table, empty_keyframes, report, len(columns))
+
+
+def _check_column_counts(check: _Validator, columns: np.ndarray, kind: str) -> None:
+    allowed = (7, 8) if kind == "groundtruth" else (8,)
+    check.fail(
+        ~np.isin(columns, (2, *allowed)), "row",
+        lambda rows: [
+            f"wrong column count: {columns[i]} (expected {' or '.join(map(str, allowed))},"
+            " or 2 for a keyframe without boxes)" for i in rows
+        ],
+    )
 
 
 def _checked_last(check: _Validator, column: np.ndarray, columns: np.ndarray, kind: str,

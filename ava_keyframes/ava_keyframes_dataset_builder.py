@@ -32,9 +32,11 @@ from urllib.parse import urlsplit
 import tensorflow_datasets as tfds
 from etils import epath
 
+# The module, not its names: `import ava_keyframes.features` first imports TFDS, whose import
+# registers this builder (see __init__) while features is still half-initialized.
+from ava_keyframes import features
 from ava_keyframes.annotations import keyframe_key, read_annotations, read_excluded
 from ava_keyframes.cache import CacheError
-from ava_keyframes.features import example, keyframe_features
 from ava_keyframes.frames import KeyframeError
 from ava_keyframes.labelmap import LabelMap, default_labelmap_path, read_labelmap
 from ava_keyframes.media import decoder_info
@@ -176,7 +178,7 @@ def video_examples(
     try:
         for second, frame, clip in work.extract(job, fetched):
             outcome.written += 1
-            yield keyframe_key(job.video_id, second), example(
+            yield keyframe_key(job.video_id, second), features.example(
                 job.video_id, second, persons_at[second], frame, work.labelmap, clip)
     except KeyframeError as error:  # MissingKeyframes included: the frames before it are kept
         outcome.error = str(error)
@@ -266,7 +268,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=keyframe_features(_labelmap().names, self.builder_config.clip_length),
+            features=features.keyframe_features(_labelmap().names,
+                                              self.builder_config.clip_length),
             homepage="https://research.google.com/ava/",
         )
 

@@ -90,6 +90,11 @@ def generate_detections(groundtruth_csv: Path, out: Path, size: int, seed: int =
     add(k[:, 0], k[:, 1].astype(np.int64) + 2000, random_boxes(len(k)),
         rng.integers(1, 15, len(k)))
 
+    return _write_shuffled(parts, out, rng)
+
+
+def _write_shuffled(parts: list[tuple], out: Path, rng: np.random.Generator) -> int:
+    """The rows of ``parts`` in random order, with distinct scores and mixed zero padding."""
     videos, seconds, x1, y1, x2, y2, actions = (np.concatenate(c) for c in zip(*parts,
                                                                              strict=True))
     order = rng.permutation(len(videos))

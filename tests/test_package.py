@@ -61,3 +61,15 @@ def test_names_resolve_lazily_and_unknown_names_fail():
         assert "no_such_name" in str(error)
     else:
         raise AssertionError("an unknown name resolved")
+
+
+def test_any_module_imported_first_registers_the_dataset():
+    """A module that imports TFDS itself (features, export) triggers the registration while
+    it is still being initialized: the builder must not need its names yet."""
+    for module in ("features", "export", "plan", "frames"):
+        result = _python(f"""
+            import ava_keyframes.{module}
+            import tensorflow_datasets as tfds
+            assert "ava_keyframes" in tfds.list_builders()
+        """)
+        assert result.returncode == 0, (module, result.stderr[-2000:])
