@@ -54,6 +54,7 @@ def one_line_error(capsys, argv: list[str], *needles: str) -> None:
         assert needle in err, err
 
 
+@pytest.mark.slow
 def test_train_snapshots_evaluates_and_resumes(data_dir, tmp_path, capsys):
     snapshots = tmp_path / "snapshots"
     argv = ["train", "--dataset", "detector_toy_ava", "--data-dir", data_dir, *TINY,
@@ -136,6 +137,7 @@ def test_predict_images_and_video(model_path, tmp_path, capsys):
     assert not list(out.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_export_saved_model_is_callable_and_matches_keras(model_path, tmp_path, capsys):
     assert main(["export", "--model", model_path, "--out", str(tmp_path / "export")]) == 0
     capsys.readouterr()
@@ -197,6 +199,7 @@ def test_pictures_show_truth_in_white_and_one_label_per_box():
     np.testing.assert_array_equal(untouched, image)  # nothing above 0.95: nothing drawn
 
 
+@pytest.mark.slow
 def test_verbs_that_run_tensorflow_are_quiet_unless_verbose(model_path, tmp_path):
     """No TensorFlow, absl, CUDA or warning line on stderr, whatever TF_* the caller set;
     `-v` lets them through."""

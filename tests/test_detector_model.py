@@ -78,6 +78,7 @@ def test_per_class_nms_keeps_one_box_with_two_classes():
     assert (out["classes"].numpy()[0, count:] == -1).all()
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch(tiny_batch):
     images, labels = tiny_batch
     keras.utils.set_random_seed(1)
@@ -89,6 +90,7 @@ def test_loss_falls_on_a_fixed_batch(tiny_batch):
     assert history["percent_boxes_matched_with_anchor"][-1] == 1.0
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_and_detects_the_same(tiny_batch, tmp_path):
     images, labels = tiny_batch
     # a threshold below the initial score (0.01) so that an untrained model detects plenty

@@ -145,6 +145,7 @@ def extracted(path: Path, seconds: list[float], **options) -> tuple[dict[float, 
     return got, []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("seek_gap", [frames.SEEK_GAP, 0], ids=["runs", "seek-each"])
 def test_every_answer_matches_an_independent_full_decode(cases, references, name, seek_gap,

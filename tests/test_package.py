@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import ava_keyframes
 
 DATA = Path(__file__).parent / "data" / "ava"
@@ -63,6 +65,7 @@ def test_names_resolve_lazily_and_unknown_names_fail():
         raise AssertionError("an unknown name resolved")
 
 
+@pytest.mark.slow
 def test_any_module_imported_first_registers_the_dataset():
     """A module that imports TFDS itself (features, export) triggers the registration while
     it is still being initialized: the builder must not need its names yet."""
