@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from ava_keyframes.remote import Limits
 from ava_keyframes.runner import (
     CliError,
-    VerbParser,
     output_path,
     parse_seconds,
     run,
     user_errors,
+    verb_parser,
 )
 
 
@@ -301,16 +301,11 @@ def _add_export_csv(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ava-keyframes",
-        description="AVA Actions keyframes: label maps, annotations, videos, frames, TFDS export.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=VerbParser)
-    for add in (_add_labelmap, _add_inspect, _add_synth, _add_download_parser, _add_frames,
-                _add_export_csv):
-        add(sub)
-    return parser
+    return verb_parser(
+        "ava-keyframes",
+        "AVA Actions keyframes: label maps, annotations, videos, frames, TFDS export.",
+        (_add_labelmap, _add_inspect, _add_synth, _add_download_parser, _add_frames,
+         _add_export_csv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,6 +80,18 @@ def _number(text: str, valid: Callable[[float], bool], what: str) -> float:
     return value
 
 
+def verb_parser(prog: str, description: str,
+                adders: Sequence[Callable[[argparse._SubParsersAction], None]]
+                ) -> argparse.ArgumentParser:
+    """A tool's parser: one sub-command per verb, each added by one of ``adders``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=VerbParser)
+    for add in adders:
+        add(sub)
+    return parser
+
+
 @contextmanager
 def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
     """Inside, an exception of ``kinds`` (a library's way of saying the input is wrong)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ava_keyframes.runner import (
     CliError,
-    VerbParser,
     count,
     output_path,
     parse_seconds,
@@ -23,6 +22,7 @@ from ava_keyframes.runner import (
     probability,
     run,
     user_errors,
+    verb_parser,
 )
 
 
@@ -416,15 +416,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ava-detector",
-        description="KerasCV RetinaNet on AVA keyframes: train, evaluate, predict, export.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=VerbParser)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_export, _add_demo):
-        add(sub)
-    return parser
+    return verb_parser(
+        "ava-detector", "KerasCV RetinaNet on AVA keyframes: train, evaluate, predict, export.",
+        (_add_train, _add_evaluate, _add_predict, _add_export, _add_demo))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
