@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import http.server
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from loopback import LoopbackServer
 
 from ava_keyframes import cli
 from ava_keyframes.cache import Partial
@@ -38,41 +38,12 @@ def video(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-class Hostile:
-    """A loopback HTTP/1.0 server (one answer per connection): ``respond(handler, number)``
-    writes the answer to the ``number``-th request; (path, Range) of each request is kept."""
-
-    def __init__(self, respond) -> None:
-        self.requests: list[tuple[str, str | None]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                outer.requests.append((self.path, self.headers.get("Range")))
-                try:
-                    respond(self, len(outer.requests))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.handle_error = lambda *args: None
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def serve():
     servers = []
 
-    def start(respond) -> Hostile:
-        servers.append(Hostile(respond))
+    def start(respond) -> LoopbackServer:
+        servers.append(LoopbackServer(respond))
         return servers[-1]
 
     yield start
@@ -113,7 +84,7 @@ def no_cache_env(monkeypatch):
         monkeypatch.delenv(name)
 
 
-def cache_on(server: Hostile, root: Path, waits: list | None = None, **limits) -> VideoCache:
+def cache_on(server: LoopbackServer, root: Path, waits: list | None = None, **limits) -> VideoCache:
     """A cache of whole files from ``server``'s /m/ with short limits (``limits`` override)."""
     limits = Limits(**{"read_timeout": 5, "attempts": 4, "backoff": 0.01, **limits})
     return VideoCache(root, sources="mirror", mirror=server.url + "/m/", limits=limits,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import http.server
 import json
 import subprocess
-import threading
 import time
 
 import pytest
+from loopback import LoopbackServer
 
 from ava_keyframes import cli
 from ava_keyframes.media import ffmpeg_binary
@@ -31,7 +31,7 @@ def video_bytes(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-class Server:
+class Server(LoopbackServer):
     """Serves ``files`` by URL path; ``script[path]`` lists what to do on successive requests:
     an HTTP status (int or (status, headers)), "drop" (close the connection half-way),
     "ignore-range" (answer 200 with everything) or "slow" (answer after 1 s)."""
@@ -39,49 +39,38 @@ class Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.script: dict[str, list] = {}
-        self.requests: list[tuple[str, str | None]] = []
         self.bytes_sent = 0
-        outer = self
+        super().__init__(self._respond)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                outer.requests.append((self.path, self.headers.get("Range")))
-                steps = outer.script.get(self.path)
-                step = steps.pop(0) if steps else None
-                if step == "slow":
-                    time.sleep(1.0)
-                if isinstance(step, int) or isinstance(step, tuple) or self.path not in outer.files:
-                    status, headers = step if isinstance(step, tuple) else (step or 404, {})
-                    self.send_response(status)
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = outer.files[self.path]
-                start = 0
-                if self.headers.get("Range") and step != "ignore-range":
-                    start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Type", "video/mp4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if step == "drop":
-                    body = body[: len(body) // 2]
-                self.wfile.write(body)
-                outer.bytes_sent += len(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.handle_error = lambda *args: None  # a client that timed out: not our business
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+    def _respond(self, handler: http.server.BaseHTTPRequestHandler, number: int) -> None:
+        steps = self.script.get(handler.path)
+        step = steps.pop(0) if steps else None
+        if step == "slow":
+            time.sleep(1.0)
+        if isinstance(step, int) or isinstance(step, tuple) or handler.path not in self.files:
+            status, headers = step if isinstance(step, tuple) else (step or 404, {})
+            handler.send_response(status)
+            for name, value in headers.items():
+                handler.send_header(name, value)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        data = self.files[handler.path]
+        start = 0
+        if handler.headers.get("Range") and step != "ignore-range":
+            start = int(handler.headers["Range"].removeprefix("bytes=").rstrip("-"))
+            handler.send_response(206)
+            handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            handler.send_response(200)
+        body = data[start:]
+        handler.send_header("Content-Type", "video/mp4")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if step == "drop":
+            body = body[: len(body) // 2]
+        handler.wfile.write(body)
+        self.bytes_sent += len(body)
 
     def paths(self) -> list[str]:
         return [path for path, _ in self.requests]
@@ -91,8 +80,7 @@ class Server:
 def server():
     srv = Server()
     yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    srv.close()
 
 
 @pytest.fixture(autouse=True)

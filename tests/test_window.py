@@ -8,13 +8,13 @@ import http.server
 import json
 import re
 import subprocess
-import threading
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from loopback import LoopbackServer
 
 from ava_keyframes import cli
 from ava_keyframes.frames import MissingKeyframes, extract_keyframes
@@ -46,58 +46,46 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-class RangeServer:
-    """Serves files by name on 127.0.0.1, honouring single byte ranges (206), with an ETag;
-    counts requests and body bytes sent. ``ranges=False`` answers every request with the
-    whole file (200); ``drop`` cuts that many next answers short; ``etag`` can be changed."""
+class RangeServer(LoopbackServer):
+    """Serves files by name (``url`` ends with "/"), honouring single byte ranges (206), with
+    an ETag; counts requests and body bytes sent. ``ranges=False`` answers every request with
+    the whole file (200); ``drop`` cuts that many next answers short; ``etag`` can be changed."""
 
     def __init__(self, files: dict[str, Path]) -> None:
         self.files = {f"/{path.name}": path.read_bytes() for path in files.values()}
-        self.requests: list[tuple[str, str | None]] = []
         self.bytes_sent = 0
         self.ranges = True
         self.drop = 0
         self.etag = '"v1"'
         self.replaced_after: int | None = None  # requests after which the file "changes"
-        outer = self
+        super().__init__(self._respond)
+        self.url += "/"
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                outer.requests.append((self.path, self.headers.get("Range")))
-                if outer.replaced_after is not None and len(outer.requests) > outer.replaced_after:
-                    outer.etag = '"replaced"'
-                data = outer.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
-                if match and outer.ranges:
-                    start = int(match[1])
-                    end = min(int(match[2]) if match[2] else len(data) - 1, len(data) - 1)
-                    body = data[start:end + 1]
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-                else:
-                    body = data
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("ETag", outer.etag)
-                self.end_headers()
-                if outer.drop:
-                    outer.drop -= 1
-                    body = body[: len(body) // 2]
-                try:
-                    self.wfile.write(body)
-                except OSError:
-                    return  # the client hung up (after a 200 it wanted no body)
-                outer.bytes_sent += len(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def _respond(self, handler: http.server.BaseHTTPRequestHandler, number: int) -> None:
+        if self.replaced_after is not None and number > self.replaced_after:
+            self.etag = '"replaced"'
+        data = self.files.get(handler.path)
+        if data is None:
+            handler.send_error(404)
+            return
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range") or "")
+        if match and self.ranges:
+            start = int(match[1])
+            end = min(int(match[2]) if match[2] else len(data) - 1, len(data) - 1)
+            body = data[start:end + 1]
+            handler.send_response(206)
+            handler.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        else:
+            body = data
+            handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("ETag", self.etag)
+        handler.end_headers()
+        if self.drop:
+            self.drop -= 1
+            body = body[: len(body) // 2]
+        handler.wfile.write(body)  # a client that hangs up (after a 200 it wanted no body) ends it
+        self.bytes_sent += len(body)
 
     def reset(self) -> None:
         self.requests.clear()
@@ -108,8 +96,7 @@ class RangeServer:
 def server(videos):
     server = RangeServer(videos)
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.close()
 
 
 def remote() -> Remote:
@@ -306,8 +293,7 @@ def test_open_gops_b_pyramids_and_hidden_frames_give_the_same_frames(
     try:
         window = fetch(server, video, range(10, 21), tmp_path)
     finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
+        server.close()
     seconds = [n / 4 for n in range(40, 81)]  # 10 s .. 20 s by quarter seconds
     assert_same_frames(keyframes(window.path, seconds, window.origin), keyframes(video, seconds))
 
@@ -320,8 +306,7 @@ def test_a_real_world_encode_with_audio_gives_the_same_frames(tmp_path):
     try:
         window = fetch(server, clip, [1, 2, 3], tmp_path)
     finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
+        server.close()
     with av.open(str(window.path)) as container:
         assert [s.type for s in container.streams] == ["video"]
     assert_same_frames(keyframes(window.path, [1, 2, 3], window.origin),
@@ -341,8 +326,7 @@ def mirror(tmp_path, videos):
     served.write_bytes(videos["mp4"].read_bytes())
     server = RangeServer({"video": served})
     yield server, served
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.close()
 
 
 def video_cache(tmp_path, server, **options) -> VideoCache:
