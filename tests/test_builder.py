@@ -36,6 +36,7 @@ from ava_keyframes import plan
 from ava_keyframes.cli import main as cli_main
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 from ava_keyframes.mirror import LoopbackMirror
+from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import FetchResult
 from ava_keyframes.stamp import read_frame_stamp
 from ava_keyframes.synth import make_corpus
@@ -143,7 +144,8 @@ def test_clips_are_padded_and_counted_at_both_edges(tmp_path):
     """dummy_data's videos: 10 fps, frame i (stamped i) at i/10 s, last frame 3.9 s. Clips of
     8 frames 16/30 s apart reach 2.13 s before and 1.6 s after their keyframe."""
     video = DATASET_FOLDER / "dummy_data" / "videos" / "0ogRTCEBL0p.mp4"
-    work = plan.VideoWork(str(tmp_path / "cache"), None, None, LABELMAP, clip=(8, 16, 72))
+    work = plan.VideoWork(FetchSettings(str(tmp_path / "cache")), None, LABELMAP,
+                          clip=(8, 16, 72))
     outcome = plan.VideoOutcome("train", "0ogRTCEBL0p", 3)
     fetched = FetchResult("0ogRTCEBL0p", "cached", video, "local", None, fetch_mode="local")
     examples = dict(builder_module.video_examples(_dummy_job("0ogRTCEBL0p", (1, 3)), fetched,
@@ -163,7 +165,7 @@ def test_an_unusable_cache_is_a_one_line_build_error(tmp_path, monkeypatch):
     planted = tmp_path / "cache" / "videos" / "0ogRTCEBL0p.mp4"
     planted.parent.mkdir(parents=True)
     planted.symlink_to(tmp_path / "victim.mp4")  # a link planted in the cache
-    work = plan.VideoWork(str(tmp_path / "cache"), None, None, LABELMAP)
+    work = plan.VideoWork(FetchSettings(str(tmp_path / "cache")), None, LABELMAP)
     with pytest.raises(builder_module.BuildError) as error:
         builder_module._fetch_job(_dummy_job("0ogRTCEBL0p", (1,)), work)
     assert str(error.value) == f"{planted}: a symbolic link in the video cache, refused (remove it)"
@@ -213,6 +215,9 @@ def test_options_keep_one_keyframe_per_video_at_max_side(tmp_path):
     builder = _build_in_process(tmp_path, DATASET_FOLDER / "dummy_data", config)
     report = json.loads((Path(builder.data_dir) / "build_report.json").read_text())
     assert report["options"] == {"max_per_video": 1, "max_side": 48}
+    # the settings resolved at launch, from the environment set around the build
+    assert report["fetch_settings"]["sources"] == ["local"]
+    assert report["fetch_settings"]["cache_dir"] == str(tmp_path / "cache")
     for split, csv_split in (("train", "train"), ("validation", "val")):
         examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
         excluded = (DATASET_FOLDER / "dummy_data" / "annotations" /
