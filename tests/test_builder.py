@@ -343,6 +343,7 @@ _LOADER = textwrap.dedent("""
             split_report["videos_unavailable"] = sorted(split_report["videos_unavailable"])
             fetch[split] = {key: split_report.pop(key)
                             for key in ("videos_fetched", "bytes_fetched", "fetch_modes")}
+        fetch["settings"] = report.pop("fetch_settings")  # each build has its own cache
         result["content"][data_dir]["report"] = report
         result["content"][data_dir]["loaded"] = {
             split: sum(1 for _ in tfds.load("ava_keyframes/v2.2", split=split,
