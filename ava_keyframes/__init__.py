@@ -11,7 +11,13 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+try:
+    __version__ = version("ava-keyframes")  # pyproject.toml's, the one source of truth
+except PackageNotFoundError:  # a source tree on sys.path that pip never installed
+    __version__ = "0+unknown"
 
 _BUILDER_MODULE = "ava_keyframes.ava_keyframes_dataset_builder"
 _TFDS = "tensorflow_datasets"
