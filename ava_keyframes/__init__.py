@@ -28,7 +28,7 @@ _EXPORTS = {
     "ava_keyframes_dataset_builder": ["AvaKeyframesConfig", "Builder"],
     "export": ["export_retinanet_csv"],
     "features": ["MultiHotClassLabel", "keyframe_features"],
-    "frames": ["KeyframeError", "MissingKeyframes", "extract_keyframes"],
+    "frames": ["KeyframeError", "MissingKeyframes", "extract_keyframes", "save_keyframes"],
     "labelmap": ["LabelMap", "LabelMapError", "default_labelmap_path",
                  "evaluation_labelmap_path", "read_labelmap", "write_classes_csv"],
     "media": ["VideoError", "check_video", "ffmpeg_binary"],
