@@ -9,14 +9,14 @@ already imported, else right after it is.
 
 import importlib
 import importlib.abc
-import importlib.metadata
 import importlib.util
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 try:
-    __version__ = importlib.metadata.version("ava-keyframes")  # pyproject.toml's, the one source
-except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = version("ava-keyframes")  # pyproject.toml's, the one source of truth
+except PackageNotFoundError:  # a source tree on sys.path that pip never installed
     __version__ = "0+unknown"
 
 _BUILDER_MODULE = "ava_keyframes.ava_keyframes_dataset_builder"
@@ -28,7 +28,7 @@ _EXPORTS = {
     "ava_keyframes_dataset_builder": ["AvaKeyframesConfig", "Builder"],
     "export": ["export_retinanet_csv"],
     "features": ["MultiHotClassLabel", "keyframe_features"],
-    "frames": ["KeyframeError", "MissingKeyframes", "extract_keyframes"],
+    "frames": ["KeyframeError", "MissingKeyframes", "extract_keyframes", "save_keyframes"],
     "labelmap": ["LabelMap", "LabelMapError", "default_labelmap_path",
                  "evaluation_labelmap_path", "read_labelmap", "write_classes_csv"],
     "media": ["VideoError", "check_video", "ffmpeg_binary"],

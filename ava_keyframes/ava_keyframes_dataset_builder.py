@@ -34,7 +34,7 @@ from etils import epath
 
 # The module, not its names: `import ava_keyframes.features` first imports TFDS, whose import
 # registers this builder (see __init__) while features is still half-initialized.
-from ava_keyframes import features
+from ava_keyframes import console, features
 from ava_keyframes.annotations import keyframe_key, read_annotations, read_excluded
 from ava_keyframes.cache import CacheError
 from ava_keyframes.frames import KeyframeError
@@ -63,6 +63,11 @@ _OUTCOME_TAG = "outcome"
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one folder name, never '..'
 _REACH_TIMEOUT = 10.0  # seconds to connect to the annotations' host before giving up
 _SKIPPED_IN_RUN: set[str] = set()  # configs a plain `tfds build` skipped in this process
+# DatasetInfo.description: a summary; the full card is ava_keyframes/README.md.
+_DESCRIPTION = (
+    "AVA Actions keyframes: one example per annotated keyframe (integer seconds 902-1798) of "
+    "the AVA train and validation videos, with every person's box and actions (multi-label, "
+    "80 classes). Full dataset card: ava_keyframes/README.md in the package.")
 
 _MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Optional. Put the official annotation files (the contents of `ava_v2.2.zip`, or
@@ -263,10 +268,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
+        # Not dataset_info_from_configs: it would make the whole card (README.md, ~200 lines)
+        # the description, which `tfds build` prints once per config.
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=_DESCRIPTION,
             features=features.keyframe_features(_labelmap().names,
                                               self.builder_config.clip_length),
             homepage="https://research.google.com/ava/",
+            citation=self.get_metadata().citation,
         )
 
     def download_and_prepare(self, **kwargs: Any) -> None:
@@ -284,6 +294,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             if not every_config:
                 raise _user_error(missing) from None
             print(f"{self.info.full_name}: skipped: {missing}", flush=True)
+            _remove_empty_folders(Path(self.data_dir), Path(self.data_dir).parent)
             _SKIPPED_IN_RUN.add(self.builder_config.name)
             if _SKIPPED_IN_RUN >= {c.name for c in self.BUILDER_CONFIGS if not c.clip_length}:
                 raise SystemExit("ava_keyframes: error: no config built: no annotations were "
@@ -295,7 +306,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                    Path(dl_manager.download_dir) / "manual")
         self._plans: dict[str, SplitPlan] = {}
         self._outcomes: list[VideoOutcome] = []
-        super()._download_and_prepare(dl_manager, download_config)
+        download_dir = Path(dl_manager.download_dir)
+        try:
+            super()._download_and_prepare(dl_manager, download_config)
+        finally:  # TFDS makes them whether or not anything is downloaded
+            _remove_empty_folders(download_dir / "extracted", download_dir)
         if not self._plans:  # max_examples_per_split=0: nothing generated, nothing to report
             return
         data_dir = epath.Path(self.data_dir)
@@ -332,14 +347,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 f"is gone, or accept the loss with {ALLOW_MISSING_ENV}=1"))
         failed_report.unlink(missing_ok=True)
         (data_dir / REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
-        for split, counts in report["splits"].items():
-            missing = {**counts["videos_unavailable"], **counts["videos_lost"]}
-            for video_id, reason in sorted(missing.items()):
-                print(f"{self.info.full_name} {split}: video {video_id} missing: {reason}")
+        lines = [f"{self.info.full_name} {split}: video {video_id} missing: {reason}"
+                 for split, counts in report["splits"].items()
+                 for video_id, reason in sorted({**counts["videos_unavailable"],
+                                                 **counts["videos_lost"]}.items())]
         if lost:
-            print(f"{self.info.full_name}: built without {len(lost)} video(s) lost to a "
-                  f"transient cause ({ALLOW_MISSING_ENV} / allow_missing), recorded in "
-                  f"{REPORT_FILENAME}")
+            lines.append(f"{self.info.full_name}: built without {len(lost)} video(s) lost to a "
+                         f"transient cause ({ALLOW_MISSING_ENV} / allow_missing), recorded in "
+                         f"{REPORT_FILENAME}")
+        console.summary(lines)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config: AvaKeyframesConfig = self.builder_config
@@ -375,10 +391,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _walk_videos(self, split: str, jobs: list[VideoJob], work: VideoWork):
         fetched = _prefetched(functools.partial(_fetch_job, work=work), jobs)
         outcomes = []
-        for job, result in zip(jobs, fetched, strict=True):
-            outcomes.append(VideoOutcome(job.split, job.video_id, len(job.keyframes)))
-            self._outcomes.append(outcomes[-1])
-            yield from video_examples(job, result, work, outcomes[-1])
+        progress = console.VideoProgress(f"{self.info.full_name} {split}", len(jobs))
+        try:
+            for job, result in zip(jobs, fetched, strict=True):
+                outcomes.append(VideoOutcome(job.split, job.video_id, len(job.keyframes)))
+                self._outcomes.append(outcomes[-1])
+                yield from video_examples(job, result, work, outcomes[-1])
+                progress.update(outcomes[-1])
+        finally:
+            progress.close()
         if not any(outcome.written for outcome in outcomes):  # TFDS cannot write an empty split
             problems = [f"{o.video_id}: {o.unavailable or o.error}" for o in outcomes]
             raise _user_error(BuildError(
@@ -399,6 +420,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                              f"files of ava_v{config.ava_version}.zip)"))
             return folder
         url = config.annotations_url
+        if tfds_builds_every_config() and config.name != self.DEFAULT_BUILDER_CONFIG_NAME:
+            raise AnnotationsMissing(
+                f"no v{config.ava_version} annotations in {folder} (ava_v{config.ava_version}"
+                f".zip is downloaded only when asked for: --config {config.name})")
         unreachable = _unreachable(url)
         if unreachable:
             raise AnnotationsMissing(
@@ -420,6 +445,17 @@ def _unreachable(url: str) -> str | None:
     except OSError as error:
         return str(error) or type(error).__name__
     return None
+
+
+def _remove_empty_folders(*folders: Path) -> None:
+    """Remove each of ``folders`` in turn while it is an empty folder (never a link)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty, or not a folder
+            return
 
 
 @functools.cache

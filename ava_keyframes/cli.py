@@ -194,9 +194,7 @@ def _add_download_parser(sub: argparse._SubParsersAction) -> None:
 
 # --- frames ---
 def _cmd_frames(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
+    from ava_keyframes.frames import KeyframeError, MissingKeyframes, save_keyframes
     from ava_keyframes.media import decoder_info
 
     seconds = parse_seconds(args.seconds, fractions=True)
@@ -204,13 +202,10 @@ def _cmd_frames(args: argparse.Namespace) -> int:
         raise CliError(f"--max-side must be at least 1, not {args.max_side}")
     out = output_path(args.out, folder=True)
     written: list[dict] = []
-    options = {"quality": 95} if args.format == "jpg" else {}
     try:
-        for second, image in extract_keyframes(args.video, seconds, max_side=args.max_side):
-            for token in seconds[second]:
-                Image.fromarray(image).save(out / f"{token}.{args.format}", **options)
-                written.append({"second": token, "path": str(out / f"{token}.{args.format}"),
-                                "width": image.shape[1], "height": image.shape[0]})
+        for entry in save_keyframes(args.video, seconds, out, max_side=args.max_side,
+                                    image_format=args.format):
+            written.append(entry)
     except MissingKeyframes as error:
         raise CliError(f"{error}; wrote the other {len(written)} frame(s) to {out}") from None
     except KeyframeError as error:

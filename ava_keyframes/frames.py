@@ -30,9 +30,11 @@ import bisect
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -397,3 +399,23 @@ class Answers:
                     f"its header says {float(declared - origin):.3f} s")
         lasts = "unknown" if end is None else f"{float(end - origin):.3f} s"
         return f"past the end of the video, whose last frame is at {lasts}"
+
+
+def save_keyframes(path: str | os.PathLike, seconds: Mapping[Second, Sequence[str]],
+                   out: str | os.PathLike, *, max_side: int | None = None,
+                   image_format: str = "jpg") -> Iterator[dict[str, Any]]:
+    """Write the frame at each second of ``seconds`` to ``out/<name>.<image_format>`` (JPEG at
+    quality 95, or PNG), once per name given for it (``{902: ["902", "0902"]}`` writes both
+    spellings), and yield ``{"second": name, "path", "width", "height"}`` per file written.
+    Errors as `extract_keyframes`: on ``MissingKeyframes`` the frames before it are written."""
+    from PIL import Image
+
+    out = Path(out)
+    options = {"quality": 95} if image_format == "jpg" else {}
+    for second, image in extract_keyframes(path, seconds, max_side=max_side):
+        for name in seconds[second]:
+            target = out / f"{name}.{image_format}"
+            Image.fromarray(image).save(target, **options)
+            yield {"second": name, "path": str(target), "width": image.shape[1],
+                   "height": image.shape[0]}
+

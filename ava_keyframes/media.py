@@ -90,7 +90,7 @@ class Video:
         self._stream = stream
         self._stream.thread_type = "AUTO"
         self._stream.thread_count = THREADS
-        self._time_base = self._stream.time_base
+        self._time_base = Fraction(self._stream.time_base)  # PyAV 19: an av.AVRational
         self.problem = ""
         """The first error of the latest decode (empty if none): it ended that decode."""
         self.start, self._first_key = self._first_frame()
@@ -287,6 +287,12 @@ def video_stream(container: av.container.InputContainer) -> av.VideoStream | Non
     ``-map 0:V:0``); None if there is none."""
     return next((stream for stream in container.streams.video
                  if not stream.disposition & av.stream.Disposition.attached_pic), None)
+
+
+# PyAV before 19 decodes container tags as strict UTF-8 and refuses a whole file over one
+# mis-encoded title unless told to replace; PyAV 19 dropped the argument (tags are always
+# read with surrogateescape), so it is passed only to the versions that take it.
+_OPEN_OPTIONS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
 
 
 def open_video(path: str | os.PathLike) -> Video:

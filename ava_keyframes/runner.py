@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+from ava_keyframes import __version__
+
 MAX_SECONDS = 86_400  # one day of video: more keyframes than any --seconds list needs
 # A line of TensorFlow's / XLA's / absl's C++ logging ("I0000 00:00:17.2 1234 port.cc:153] ..."),
 # and absl's note that precedes the first of them.
@@ -98,11 +100,9 @@ def verb_parser(prog: str, description: str,
                 adders: Sequence[Callable[[argparse._SubParsersAction], None]]
                 ) -> argparse.ArgumentParser:
     """A tool's parser: one sub-command per verb, each added by one of ``adders``, and
-    ``--version``."""
-    from ava_keyframes import __version__
-
+    ``--version`` (the package's, both tools ship in it)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=VerbParser)
     for add in adders:

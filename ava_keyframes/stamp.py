@@ -282,7 +282,7 @@ def read_frame_times(path: str | os.PathLike) -> list[float]:
                 raise VideoError(f"{path}: no video stream")
             pts = sorted(packet.pts for packet in container.demux(stream)
                          if packet.pts is not None)
-            time_base = stream.time_base
+            time_base = Fraction(stream.time_base)
     except av.FFmpegError as error:
         raise VideoError(f"{path}: cannot read frame times ({error})") from None
     if not pts:

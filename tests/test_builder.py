@@ -487,8 +487,32 @@ def test_plain_tfds_build_builds_v2_2_and_skips_v2_1_in_one_line(e2e, builds):
     assert not any("Traceback" in line for line in lines)
     assert not any("deprecat" in line.lower() for line in lines)  # no nested ragged features
     assert (builds["plain"] / "ava_keyframes" / "v2.2" / "2.0.0" / "dataset_info.json").is_file()
-    assert not (builds["plain"] / "ava_keyframes" / "v2.1" / "2.0.0").exists()
     assert sum(f"video {e2e['missing']} missing" in line for line in lines) == 1  # listed
+
+
+@pytest.mark.slow
+def test_plain_tfds_build_is_quiet_probes_nothing_and_ends_with_the_summary(e2e, builds):
+    """Issue 21: 1,051 lines (the card once per config), a v2.1 probe and an empty v2.1/
+    folder, the missing videos glued to a progress bar and buried."""
+    output = builds["plain_output"]
+    lines = output.splitlines()
+    assert len(lines) < 250 and "## Features" not in output  # the card is not printed
+    for config in ("v2.1", "v2.2_clips8x8", "v2.2_clips32x2"):  # one line each, ours
+        assert sum(line.startswith(f"ava_keyframes/{config}/2.0.0: ") for line in lines) == 1
+    skipped = next(line for line in lines if line.startswith("ava_keyframes/v2.1/2.0.0: "))
+    assert "cannot be reached" not in skipped and "--config v2.1" in skipped  # no probe
+    folders = [p for p in builds["plain"].rglob("*") if p.is_dir()]
+    assert not (builds["plain"] / "ava_keyframes" / "v2.1").exists()
+    assert [p for p in folders if not any(p.iterdir())] == []
+    # not a terminal: plain lines, one per video, and no carriage return
+    assert "\r" not in output and "\x1b[" not in output
+    train = e2e["info"].ids["train"]
+    progress = [line for line in lines if line.startswith("ava_keyframes/v2.2/2.0.0 train: video ")]
+    assert [line.split()[3] for line in progress] == [f"{k}/{len(train)}"
+                                                      for k in range(1, len(train) + 1)]
+    # the summary of missing videos is last
+    summary = [line for line in lines if " missing: " in line]
+    assert len(summary) == 2 and [line for line in lines if line.strip()][-2:] == summary
 
 
 @pytest.mark.slow

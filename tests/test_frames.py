@@ -14,7 +14,12 @@ from PIL import Image
 
 import ava_keyframes.frames as frames
 from ava_keyframes.cli import main
-from ava_keyframes.frames import KeyframeError, MissingKeyframes, extract_keyframes
+from ava_keyframes.frames import (
+    KeyframeError,
+    MissingKeyframes,
+    extract_keyframes,
+    save_keyframes,
+)
 from ava_keyframes.media import Video, decoder_info, ffmpeg_binary
 from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
 
@@ -260,6 +265,21 @@ def test_cli_writes_one_image_per_second_as_given(videos, tmp_path, capsys):
                  "--max-side", "64"]) == 0
     assert Image.open(out / "1.jpg").size == (64, 48)
     assert "wrote 1 frame" in capsys.readouterr().out
+
+
+def test_save_keyframes_is_the_library_call_behind_the_frames_verb(videos, tmp_path):
+    path, times = videos[KINDS[8]]
+    written = list(save_keyframes(path, {1: ["1", "01"], 0.5: ["0.5"]}, tmp_path,
+                                  max_side=64, image_format="jpg"))
+    assert [(w["second"], w["width"], w["height"]) for w in written] == [
+        ("0.5", 64, 48), ("1", 64, 48), ("01", 64, 48)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.5.jpg", "01.jpg", "1.jpg"]
+    assert [w["path"] for w in written] == [str(tmp_path / f"{n}.jpg") for n in ("0.5", "1", "01")]
+    (tmp_path / "partial").mkdir()
+    with pytest.raises(MissingKeyframes):
+        for entry in save_keyframes(path, {1: ["a"], 99: ["b"]}, tmp_path / "partial"):
+            written.append(entry)
+    assert written[-1]["second"] == "a" and (tmp_path / "partial" / "a.jpg").is_file()
 
 
 def test_cli_json_lists_the_frames_and_the_decoder(videos, tmp_path, capsys):
