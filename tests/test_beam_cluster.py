@@ -1,0 +1,180 @@
+"""The Beam build out of process, as on a cluster: Beam's Python job server and an external
+SDK worker pool started as separate processes (the Fn API that Flink, Spark and Dataflow
+workers speak), the pool with a clean environment (no AVA_KEYFRAMES_* variables, another
+working directory). The launching side (`tfds build`) alone knows where the videos are (a
+loopback mirror, named in its environment): the workers learn it through the pipeline.
+
+A second pool whose `python` lacks Beam (this interpreter without its site-packages) never
+starts a worker: the build must end with one
+line (worker_start_timeout) instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tensorflow_datasets as tfds
+
+from ava_keyframes.mirror import LoopbackMirror
+from ava_keyframes.synth import make_corpus
+
+WORKTREE = Path(__file__).resolve().parents[1]
+TFDS_CLI = str(Path(sys.executable).parent / "tfds")
+BUILD_TIMEOUT = 420  # a safety net for a hang; the no-Beam case ends after its 20 s bound
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _clean_env(python_dir: Path) -> dict[str, str]:
+    """What a worker machine has: `python` first on PATH, the package importable, and no
+    AVA_KEYFRAMES_* setting."""
+    env = {"PATH": f"{python_dir}:/usr/bin:/bin", "PYTHONPATH": str(WORKTREE),
+           "HOME": os.environ.get("HOME", "/tmp"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    assert not any(name.startswith("AVA_KEYFRAMES_") for name in env)
+    return env
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
+    for _ in range(600):
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"port {port} never opened: {log.read_text()[-2000:]}")
+
+
+def _start(command: list[str], env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen:
+    log = cwd / f"{port}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out,  # noqa: S603
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_for_port(port, process, log)
+    return process
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """The process and the workers it started (its own session)."""
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path_factory, request) -> Iterator[str]:
+    """A job server and a worker pool whose `python` is this interpreter (``request.param``
+    "venv") or it without site-packages, so without Beam ("no_beam"); yields the pipeline
+    options that send a build to them. Both are killed whatever happens."""
+    worker_home = tmp_path_factory.mktemp("worker_home")
+    python_dir = worker_home / "bin"
+    python_dir.mkdir()
+    python = python_dir / "python"
+    if request.param == "venv":
+        python.symlink_to(sys.executable)
+    else:
+        python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+        python.chmod(0o755)
+    env = _clean_env(python_dir)
+    job_port, pool_port = _free_port(), _free_port()
+    servers: list[subprocess.Popen] = []
+    try:
+        servers.append(_start([sys.executable, "-m",
+                               "apache_beam.runners.portability.local_job_service_main",
+                               "--port", str(job_port)], {**env, "PATH": os.environ["PATH"]},
+                              worker_home, job_port))
+        servers.append(_start([sys.executable, "-m",
+                               "apache_beam.runners.worker.worker_pool_main",
+                               "--service_port", str(pool_port)], env, worker_home, pool_port))
+        yield (f"runner=PortableRunner,job_endpoint=localhost:{job_port},"
+               f"environment_type=EXTERNAL,environment_config=localhost:{pool_port}")
+    finally:
+        for server in reversed(servers):
+            _stop(server)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Two short videos served only by a loopback mirror; the manual dir holds the
+    annotations alone."""
+    root = tmp_path_factory.mktemp("cluster_corpus")
+    info = make_corpus(root / "corpus", videos=2, seconds=3, size=(96, 72), fps=10, seed=3)
+    shutil.move(root / "corpus" / "videos", root / "served")
+    with LoopbackMirror(root / "served") as mirror:
+        yield {"root": root, "manual": root / "corpus", "mirror": mirror, "info": info}
+
+
+def _build(corpus, name: str, *extra: str) -> subprocess.CompletedProcess:
+    """`tfds build` with the mirror and cache named in the launching side's environment."""
+    root = corpus["root"]
+    env = {**os.environ, "AVA_KEYFRAMES_SOURCES": "mirror",
+           "AVA_KEYFRAMES_MIRROR": corpus["mirror"].url,
+           "AVA_KEYFRAMES_CACHE": str(root / f"cache-{name}"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": str(WORKTREE)}
+    command = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes", "--config",
+               "v2.2", "--manual_dir", str(corpus["manual"]), "--data_dir",
+               str(root / name), *extra]
+    return subprocess.run(command, env=env, cwd=root, capture_output=True,  # noqa: S603
+                           text=True, timeout=BUILD_TIMEOUT)
+
+
+def _examples_digest(data_dir: Path) -> dict[str, str]:
+    """Split -> a hash of its decoded examples, in key order."""
+    builder = tfds.builder("ava_keyframes/v2.2", data_dir=str(data_dir))
+    digests = {}
+    for split in builder.info.splits:
+        rows = []
+        for example in tfds.as_numpy(builder.as_dataset(split=split)):
+            objects = example["objects"]
+            rows.append((example["video_id"], int(example["timestamp"]), hashlib.sha256(
+                b"".join(a.tobytes() for a in (example["image"], objects["bbox"],
+                                               objects["labels"], objects["person_id"]))
+            ).hexdigest()))
+        digests[split] = hashlib.sha256(repr(sorted(rows)).encode()).hexdigest()
+    return digests
+
+
+@pytest.mark.parametrize("cluster", ["venv"], indirect=True)
+def test_external_worker_pool_builds_what_a_plain_build_does(corpus, cluster):
+    plain = _build(corpus, "plain")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    served_before = len(corpus["mirror"].requests)
+    portable = _build(corpus, "portable", f"--beam_pipeline_options={cluster}")
+    assert portable.returncode == 0, portable.stderr[-3000:]
+    digests = _examples_digest(corpus["root"] / "portable")
+    assert digests == _examples_digest(corpus["root"] / "plain")
+    assert set(digests) == {"train", "validation"}
+    # the workers fetched from the mirror they only knew through the pipeline
+    assert len(corpus["mirror"].requests) > served_before
+
+
+@pytest.mark.parametrize("cluster", ["no_beam"], indirect=True)
+def test_worker_pool_without_beam_ends_the_build_with_one_line(corpus, cluster):
+    result = _build(corpus, "no_beam", f"--beam_pipeline_options={cluster},"
+                                       "worker_start_timeout=20")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no Beam worker of PortableRunner" in last and "worker_start_timeout" in last, \
+        result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (corpus["root"] / "no_beam" / "ava_keyframes" / "v2.2").exists() or not any(
+        (corpus["root"] / "no_beam" / "ava_keyframes" / "v2.2").glob("*/*.tfrecord*"))
