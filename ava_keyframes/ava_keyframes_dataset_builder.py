@@ -384,9 +384,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if self._use_beam:
             from ava_keyframes import beam_run
 
-            unreachable = beam_run.check_reach(*self._beam_runner, {
-                "data_dir": str(self.data_dir), "manual_dir": work.manual_dir,
-                "cache": work.cache_dir})
+            unreachable = beam_run.check_reach(*self._beam_runner, {  # a local cache: each
+                "data_dir": str(self.data_dir), "manual_dir": work.manual_dir})  # worker's own
             if unreachable:
                 raise _user_error(BuildError(unreachable))
         generators = {}

@@ -14,10 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ava_keyframes.mirror import LoopbackMirror
+from ava_keyframes.portable import LocalCluster
 from ava_keyframes.synth import make_corpus
 
 WORKTREE = Path(__file__).resolve().parents[1]
@@ -32,12 +31,6 @@ TFDS_CLI = str(Path(sys.executable).parent / "tfds")
 BUILD_TIMEOUT = 420  # a safety net for a hang; the no-Beam case ends after its 20 s bound
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _clean_env(python_dir: Path) -> dict[str, str]:
@@ -49,67 +42,20 @@ def _clean_env(python_dir: Path) -> dict[str, str]:
     return env
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
-    for _ in range(600):
-        if process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"port {port} never opened: {log.read_text()[-2000:]}")
-
-
-def _start(command: list[str], env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen:
-    log = cwd / f"{port}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out,  # noqa: S603
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_for_port(port, process, log)
-    return process
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """The process and the workers it started (its own session)."""
-    if process.poll() is None:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-
-
 @pytest.fixture
-def cluster(tmp_path_factory, request) -> Iterator[str]:
+def cluster(tmp_path_factory, request) -> Iterator[LocalCluster]:
     """A job server and a worker pool whose `python` is this interpreter (``request.param``
-    "venv") or it without site-packages, so without Beam ("no_beam"); yields the pipeline
-    options that send a build to them. Both are killed whatever happens."""
+    "venv") or it without site-packages, so without Beam ("no_beam"), in another working
+    directory; both are stopped whatever happens."""
     worker_home = tmp_path_factory.mktemp("worker_home")
-    python_dir = worker_home / "bin"
-    python_dir.mkdir()
-    python = python_dir / "python"
-    if request.param == "venv":
-        python.symlink_to(sys.executable)
-    else:
-        python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
-        python.chmod(0o755)
-    env = _clean_env(python_dir)
-    job_port, pool_port = _free_port(), _free_port()
-    servers: list[subprocess.Popen] = []
-    try:
-        servers.append(_start([sys.executable, "-m",
-                               "apache_beam.runners.portability.local_job_service_main",
-                               "--port", str(job_port)], {**env, "PATH": os.environ["PATH"]},
-                              worker_home, job_port))
-        servers.append(_start([sys.executable, "-m",
-                               "apache_beam.runners.worker.worker_pool_main",
-                               "--service_port", str(pool_port)], env, worker_home, pool_port))
-        yield (f"runner=PortableRunner,job_endpoint=localhost:{job_port},"
-               f"environment_type=EXTERNAL,environment_config=localhost:{pool_port}")
-    finally:
-        for server in reversed(servers):
-            _stop(server)
+    python_dir = Path(sys.executable).parent  # a venv's `python` finds its packages from here
+    if request.param == "no_beam":
+        python_dir = worker_home / "bin"
+        python_dir.mkdir()
+        (python_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+        (python_dir / "python").chmod(0o755)
+    with LocalCluster(worker_home, _clean_env(python_dir)) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +104,7 @@ def test_external_worker_pool_builds_what_a_plain_build_does(corpus, cluster):
     plain = _build(corpus, "plain")
     assert plain.returncode == 0, plain.stderr[-3000:]
     served_before = len(corpus["mirror"].requests)
-    portable = _build(corpus, "portable", f"--beam_pipeline_options={cluster}")
+    portable = _build(corpus, "portable", f"--beam_pipeline_options={cluster.options()}")
     assert portable.returncode == 0, portable.stderr[-3000:]
     digests = _examples_digest(corpus["root"] / "portable")
     assert digests == _examples_digest(corpus["root"] / "plain")
@@ -169,8 +115,8 @@ def test_external_worker_pool_builds_what_a_plain_build_does(corpus, cluster):
 
 @pytest.mark.parametrize("cluster", ["no_beam"], indirect=True)
 def test_worker_pool_without_beam_ends_the_build_with_one_line(corpus, cluster):
-    result = _build(corpus, "no_beam", f"--beam_pipeline_options={cluster},"
-                                       "worker_start_timeout=20")
+    result = _build(corpus, "no_beam", "--beam_pipeline_options="
+                    + cluster.options("worker_start_timeout=20"))
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "no Beam worker of PortableRunner" in last and "worker_start_timeout" in last, \

@@ -17,7 +17,7 @@ from etils import epath
 from ava_keyframes import beam_run
 from ava_keyframes.plan import VideoWork
 
-LOCAL_PATHS = {"data_dir": "/data", "manual_dir": None, "cache": "/cache"}
+LOCAL_PATHS = {"data_dir": "/data", "manual_dir": None}
 
 
 def _options(text: str) -> PipelineOptions:
@@ -49,7 +49,7 @@ def test_remote_runners_refuse_local_paths_in_one_line(text, where):
     message = beam_run.check_reach(_options(text), None, LOCAL_PATHS)
     assert message.startswith(f"data_dir /data is a local path, which the workers of {where} ")
     assert "\n" not in message
-    remote = {"data_dir": "gs://b/data", "manual_dir": "gs://b/manual", "cache": "s3://c/v"}
+    remote = {"data_dir": "gs://b/data", "manual_dir": "s3://b/manual"}
     assert beam_run.check_reach(_options(text), None, remote) is None
     assert beam_run.check_reach(_options(text + ",shared_local_paths=true"), None,
                                 LOCAL_PATHS) is None
