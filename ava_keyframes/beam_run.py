@@ -18,11 +18,12 @@ pipeline runs, and how a worker reaches inputs that are not on its own disk.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import dataclasses
+import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -176,7 +177,7 @@ class StartWatch:
                 return
             if time.monotonic() > deadline:
                 self.fired = True
-                _thread.interrupt_main()
+                os.kill(os.getpid(), signal.SIGINT)  # a real signal: it wakes a blocked wait
                 return
 
     def message(self, runner: str) -> str:
