@@ -305,7 +305,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, download_config) -> None:
         self._use_beam = bool(download_config.beam_options or download_config.beam_runner)
-        self._beam_runner = (download_config.beam_options, download_config.beam_runner)
         self._manual_folder = Path(download_config.manual_dir or
                                    Path(dl_manager.download_dir) / "manual")
         self._plans: dict[str, SplitPlan] = {}
@@ -381,13 +380,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             clip=(config.clip_length, config.clip_stride, config.clip_short_side)
             if config.clip_length else None,
         )
-        if self._use_beam:
-            from ava_keyframes import beam_run
-
-            unreachable = beam_run.check_reach(*self._beam_runner, {  # a local cache: each
-                "data_dir": str(self.data_dir), "manual_dir": work.manual_dir})  # worker's own
-            if unreachable:
-                raise _user_error(BuildError(unreachable))
         generators = {}
         for split, (csv_name, excluded_name) in config.split_files().items():
             excluded = read_excluded(annotations_dir / excluded_name)

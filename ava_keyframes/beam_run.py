@@ -77,7 +77,7 @@ class AvaBeamOptions(PipelineOptions):
                  "before it ends the build (0: no bound)")
         parser.add_argument(
             "--shared_local_paths", type=_flag, default=False,
-            help="true when the local data, manual and cache dirs are on a filesystem every "
+            help="true when the local data and manual dirs are on a filesystem every "
                  "worker mounts at the same place")
 
 
@@ -213,10 +213,15 @@ def note_pipeline(pipeline: Any) -> None:
 
 @contextlib.contextmanager
 def launched(download_config: Any, data_dir: str) -> Iterator[Any]:
-    """Around a Beam build on the launching side: yields the download config to build with;
-    a worker that never starts or fails becomes a :class:`LaunchError` (one line)."""
+    """Around a Beam build on the launching side: yields the download config to build with.
+    Local paths that the workers cannot see, and a worker that never starts or fails, are a
+    :class:`LaunchError` (one line). (A local cache is each worker's own folder.)"""
     options, runner = download_config.beam_options, download_config.beam_runner
     name = runner_name(options, runner)
+    manual_dir = download_config.manual_dir and os.fspath(download_config.manual_dir)
+    unreachable = check_reach(options, runner, {"data_dir": data_dir, "manual_dir": manual_dir})
+    if unreachable:
+        raise LaunchError(unreachable)
     timeout = (options or PipelineOptions([])).view_as(AvaBeamOptions).worker_start_timeout
     watch = StartWatch(data_dir, timeout)
     try:

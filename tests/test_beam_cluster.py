@@ -124,3 +124,24 @@ def test_worker_pool_without_beam_ends_the_build_with_one_line(corpus, cluster):
     assert "Traceback" not in result.stderr
     assert not (corpus["root"] / "no_beam" / "ava_keyframes" / "v2.2").exists() or not any(
         (corpus["root"] / "no_beam" / "ava_keyframes" / "v2.2").glob("*/*.tfrecord*"))
+
+
+def test_nondeterministic_order_builds_or_is_refused_in_one_line(corpus):
+    """TFDS passes Beam no shard count for it: the build gives one; google-crc32c (the
+    beam extra) is needed by Beam's TFRecord writer, and without it the build is refused."""
+    try:
+        import google_crc32c  # noqa: F401
+    except ImportError:
+        result = _build(corpus, "unordered", "--nondeterministic_order",
+                        "--beam_pipeline_options=runner=FnApiRunner")
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1] == (
+            "ava_keyframes: error: --nondeterministic_order needs google-crc32c (Beam's "
+            "TFRecord writer checksums with it): pip install 'ava-keyframes[beam]'")
+        return
+    result = _build(corpus, "unordered", "--nondeterministic_order",
+                    "--beam_pipeline_options=runner=FnApiRunner")
+    assert result.returncode == 0, result.stderr[-3000:]
+    builder = tfds.builder("ava_keyframes/v2.2", data_dir=str(corpus["root"] / "unordered"))
+    assert builder.info.nondeterministic_order
+    assert all(split.num_examples > 0 for split in builder.info.splits.values())

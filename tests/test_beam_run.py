@@ -81,7 +81,7 @@ class _Config:
 
     def __init__(self, options: str, **fields):
         self.beam_options, self.beam_runner = _options(options), None
-        self.nondeterministic_order, self.num_shards = False, None
+        self.nondeterministic_order, self.num_shards, self.manual_dir = False, None, None
         self.__dict__.update(fields)
 
     def replace(self, **fields):
@@ -106,6 +106,17 @@ def test_a_started_worker_disarms_the_bound(tmp_path, monkeypatch):
         beam_run.mark_started(str(tmp_path))
         time.sleep(1.0)
     assert not list(tmp_path.iterdir())  # markers removed
+
+
+def test_a_remote_runner_is_refused_local_paths_before_it_runs(tmp_path):
+    config = _Config("runner=FlinkRunner,flink_master=flink.example:8081",
+                     manual_dir=Path("/ava"))
+    with pytest.raises(beam_run.LaunchError, match=r"^data_dir /data is a local path"):
+        with beam_run.launched(config, "/data"):
+            raise AssertionError("the pipeline ran")
+    with pytest.raises(beam_run.LaunchError, match=r"^manual_dir /ava is a local path"):
+        with beam_run.launched(config, "gs://bucket/data"):
+            raise AssertionError("the pipeline ran")
 
 
 def test_errors_of_the_launching_side_pass_through(tmp_path):
