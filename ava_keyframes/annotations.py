@@ -161,9 +161,9 @@ class Annotations:
         }
 
 
-def _read_lines(path: Path, *, may_be_empty: bool = False) -> list[str]:
+def _read_lines(path: epath.Path, *, may_be_empty: bool = False) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")  # epath's read_text drops the encoding
     except FileNotFoundError:
         raise AnnotationError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,9 +98,11 @@ def time_build(
     with contextlib.ExitStack() as servers:
         if parallelism is not None:
             data_dir.mkdir(parents=True)
-            cluster = servers.enter_context(LocalCluster(data_dir, dict(os.environ)))
-            beam_flags = [f"--{option}" for option in
-                          cluster.options(f"sdk_worker_parallelism={parallelism}").split(",")]
+            python_first = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # workers'
+            cluster = servers.enter_context(LocalCluster(data_dir, {**os.environ,
+                                                                    "PATH": python_first}))
+            beam_flags = [f"--{option}" for option in cluster.options(
+                f"sdk_worker_parallelism={parallelism}", "worker_start_timeout=180").split(",")]
         if beam_flags is not None:
             beam = tfds.core.lazy_imports.apache_beam
             config.beam_options = beam.options.pipeline_options.PipelineOptions(
