@@ -9,9 +9,15 @@ already imported, else right after it is.
 
 import importlib
 import importlib.abc
+import importlib.metadata
 import importlib.util
 import sys
 from typing import Any
+
+try:
+    __version__ = importlib.metadata.version("ava-keyframes")  # pyproject.toml's, the one source
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 _BUILDER_MODULE = "ava_keyframes.ava_keyframes_dataset_builder"
 _TFDS = "tensorflow_datasets"

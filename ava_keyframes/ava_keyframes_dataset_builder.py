@@ -52,12 +52,11 @@ from ava_keyframes.plan import (
     tfds_build_args,
     tfds_builds_every_config,
 )
+from ava_keyframes.settings import ALLOW_MISSING_ENV, FetchSettings
 from ava_keyframes.sources import FetchResult
 
 ANNOTATIONS_URL = "https://s3.amazonaws.com/ava-dataset/annotations/ava_v{version}.zip"
 ANNOTATIONS_URL_ENV = "AVA_KEYFRAMES_ANNOTATIONS_URL"
-ALLOW_MISSING_ENV = "AVA_KEYFRAMES_ALLOW_MISSING"
-CACHE_ENV = "AVA_KEYFRAMES_CACHE"
 REPORT_FILENAME = "build_report.json"
 _OUTCOMES_SUFFIX = ".outcomes.json"
 _OUTCOME_TAG = "outcome"
@@ -159,9 +158,6 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
             options.update(clip_length=self.clip_length, clip_stride=self.clip_stride,
                            clip_short_side=self.clip_short_side)
         return options
-
-    def missing_allowed(self) -> bool:
-        return self.allow_missing or environ.get(ALLOW_MISSING_ENV, "") == "1"
 
 
 def video_examples(
@@ -321,6 +317,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             part.unlink()
         report = build_report(self.info.full_name, self.builder_config.options(), self._plans,
                               self._outcomes, decoder_info())
+        report["fetch_settings"] = self._settings.to_json()
         if download_config.max_examples_per_split is None:
             self._check_counts(report)
         self._finish_report(report, data_dir)
@@ -348,7 +345,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         the version folder, which TFDS removes); list the unavailable videos."""
         lost = {v: r for s in report["splits"].values() for v, r in s["videos_lost"].items()}
         failed_report = data_dir.parent / f"{self.info.version}.failed_{REPORT_FILENAME}"
-        report["missing_accepted"] = bool(lost) and self.builder_config.missing_allowed()
+        report["missing_accepted"] = bool(lost) and self._settings.allow_missing
         if lost and not report["missing_accepted"]:
             failed_report.write_text(json.dumps(report, indent=2) + "\n")
             raise _user_error(BuildError(
@@ -371,10 +368,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         manual_dir = _manual_dir(dl_manager)
         annotations_dir = self._annotations_dir(dl_manager, manual_dir)
         labelmap = _labelmap()
-        cache_dir = environ.get(CACHE_ENV) or dl_manager.download_dir / "ava_keyframes_videos"
+        self._settings = FetchSettings.resolve(
+            cache_dir=dl_manager.download_dir / "ava_keyframes_videos", manual_dir=manual_dir,
+            config={"allow_missing": config.allow_missing})
         work = VideoWork(
-            cache_dir=str(cache_dir),
-            manual_dir=str(manual_dir) if manual_dir else None,
+            fetch=self._settings,
             max_side=config.max_side,
             labelmap=labelmap,
             clip=(config.clip_length, config.clip_stride, config.clip_short_side)

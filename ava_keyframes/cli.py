@@ -121,7 +121,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     """Exit 0 when every video is in hand or permanently unavailable (listed), 1 when one
     was lost to a cause that may pass (run again), 2 for a user's mistake or unusable cache."""
     from ava_keyframes.cache import CacheError
-    from ava_keyframes.sources import VideoCache
+    from ava_keyframes.settings import FetchSettings
 
     ids, seconds = _download_ids(args)
     if not ids:
@@ -130,11 +130,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise CliError(f"--jobs must be at least 1, not {args.jobs}")
     with user_errors(ValueError, CacheError):
-        limits = Limits.from_env(**{name: getattr(args, name) for name in _LIMIT_FLAGS})
-        cache = VideoCache(args.cache, sources=args.sources, mirror=args.mirror,
-                           youtube_template=args.youtube_url_template,
-                           manual_dir=args.manual_dir, retry_unavailable=args.retry_unavailable,
-                           limits=limits, fetch=args.fetch)
+        flags = {name: getattr(args, name) for name in _LIMIT_FLAGS}
+        settings = FetchSettings.resolve(
+            cache_dir=args.cache, manual_dir=args.manual_dir, flags=flags | {
+                "cache_dir": args.cache, "sources": args.sources, "mirror": args.mirror,
+                "youtube_template": args.youtube_url_template, "fetch": args.fetch})
+        cache = settings.video_cache(retry_unavailable=args.retry_unavailable)
         results = cache.fetch_many(ids, jobs=args.jobs, progress=True, seconds=seconds)
     console = sys.stderr if args.json else sys.stdout
     for result in results:

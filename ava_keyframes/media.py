@@ -22,6 +22,10 @@ from pathlib import Path
 
 import av
 
+# PyAV before 19 decodes metadata strings strictly unless told otherwise (a movie with a
+# non-UTF-8 title would not open); PyAV 19 dropped the argument and always replaces.
+_OPEN_OPTIONS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
+
 Wanted = Callable[[Fraction, Fraction], bool]
 """``wanted(lo, hi)``: whether some time in ``(lo, hi]`` needs a frame."""
 
@@ -291,7 +295,7 @@ def open_video(path: str | os.PathLike) -> Video:
     if not path.is_file():
         raise VideoError(f"{path}: no such file")
     try:
-        container = av.open(str(path), metadata_errors="replace")
+        container = av.open(str(path), **_OPEN_OPTIONS)
     except av.FFmpegError as error:
         raise VideoError(f"{path}: not a decodable video ({error})") from None
     stream = video_stream(container)

@@ -23,6 +23,7 @@ import numpy as np
 from ava_keyframes.annotations import Annotations, Person
 from ava_keyframes.frames import Clip, clip_offsets, extract_clips, extract_keyframes
 from ava_keyframes.labelmap import LabelMap
+from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import FetchResult, VideoCache
 
 # Why a keyframe of the CSVs is not in the dataset (keys of ``keyframes_skipped``).
@@ -69,16 +70,14 @@ class VideoJob:
 class VideoWork:
     """What a worker needs to turn a VideoJob into examples (picklable, for Beam)."""
 
-    cache_dir: str
-    manual_dir: str | None
+    fetch: FetchSettings  # resolved on the launching side; the worker's environment is not read
     max_side: int | None
     labelmap: LabelMap
     clip: tuple[int, int, int] | None = None  # (length, stride, short side)
 
     def video_cache(self, fetch: str | None = None) -> VideoCache:
-        """The cache (``fetch``: its mode, None: AVA_KEYFRAMES_FETCH's); ValueError for a bad
-        AVA_KEYFRAMES_* setting."""
-        return VideoCache(self.cache_dir, manual_dir=self.manual_dir, fetch=fetch)
+        """The cache the settings describe (``fetch``: another mode for this call)."""
+        return self.fetch.video_cache(fetch)
 
     def fetch_seconds(self, seconds: list[int]) -> list[float]:
         """The seconds a video is fetched for: its keyframes' and, for clips, the earliest

@@ -31,11 +31,25 @@ class CliError(Exception):
     """A user's mistake: printed as one line, exit code 2, no traceback."""
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default, unless it has none (None, False) or its help
+    already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default in (None, False, argparse.SUPPRESS) or "default" in text
+                or action.option_strings == [] or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 class VerbParser(argparse.ArgumentParser):
     """A verb's parser (pass as ``add_subparsers(parser_class=VerbParser)``): every verb takes
-    ``-v/--verbose``, which lets the libraries' start-up and deprecation logs through."""
+    ``-v/--verbose``, which lets the libraries' start-up and deprecation logs through, and its
+    ``--help`` shows every option's default."""
 
     def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
         self.add_argument("-v", "--verbose", action="store_true",
                           help="show TensorFlow's, CUDA's and other libraries' logs")
@@ -83,8 +97,12 @@ def _number(text: str, valid: Callable[[float], bool], what: str) -> float:
 def verb_parser(prog: str, description: str,
                 adders: Sequence[Callable[[argparse._SubParsersAction], None]]
                 ) -> argparse.ArgumentParser:
-    """A tool's parser: one sub-command per verb, each added by one of ``adders``."""
+    """A tool's parser: one sub-command per verb, each added by one of ``adders``, and
+    ``--version``."""
+    from ava_keyframes import __version__
+
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=VerbParser)
     for add in adders:

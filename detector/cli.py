@@ -305,14 +305,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-backbone", action="store_true", help="do not train the backbone")
     p.add_argument("--random-transform", action="store_true",
                    help="augment: flip, jittered resize, colour")
-    p.add_argument("--epochs", type=positive_int, default=50)
+    p.add_argument("--epochs", type=positive_int, default=50, help="passes over the split")
     p.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
     p.add_argument("--lr", type=positive_number, default=1e-4, help="Adam learning rate")
     p.add_argument("--image-size", type=positive_int, default=512,
                    help="square input side, a multiple of 32 (default 512)")
-    p.add_argument("--fpn-channels", type=positive_int, default=256)
-    p.add_argument("--head-channels", type=positive_int, default=256)
+    p.add_argument("--fpn-channels", type=positive_int, default=256,
+                   help="feature pyramid width")
+    p.add_argument("--head-channels", type=positive_int, default=256,
+                   help="width of the classification and box heads")
     p.add_argument("--head-depth", type=positive_int, default=4, help="conv layers per head")
     p.add_argument("--snapshot-path", default="snapshots",
                    help="folder for a .keras snapshot per epoch (default: snapshots)")
@@ -351,7 +353,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     model_mode.add_argument("--split", default="validation", help="default: validation")
     model_mode.add_argument("--detections-out", default="detections.csv", metavar="CSV",
                             help="where the detections go (default: detections.csv)")
-    model_mode.add_argument("--batch-size", type=positive_int, default=8)
+    model_mode.add_argument("--batch-size", type=positive_int, default=8,
+                            help="images per prediction step")
     model_mode.add_argument("--limit", type=positive_int, help="score at most this many images")
     p.add_argument("--labelmap", metavar="PBTXT",
                    help="classes to evaluate (default: the official 60-class map)")

@@ -30,20 +30,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from builder_support import DATASET_FOLDER, LABELMAP, SIZE, TFDS_CLI
 
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
 from ava_keyframes import plan
 from ava_keyframes.cli import main as cli_main
-from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 from ava_keyframes.mirror import LoopbackMirror
 from ava_keyframes.sources import FetchResult
 from ava_keyframes.stamp import read_frame_stamp
 from ava_keyframes.synth import make_corpus
 
-DATASET_FOLDER = Path(builder_module.__file__).parent
-TFDS_CLI = str(Path(sys.executable).parent / "tfds")
-LABELMAP = read_labelmap(default_labelmap_path())
-SIZE = (96, 72)
 EMPTY_SECOND = 900  # in the corpus videos' still pre-roll, before the annotated 902..904
 
 
@@ -63,134 +59,6 @@ class AvaKeyframesDummyDataTest(tfds.testing.DatasetBuilderTestCase):
     def _videos_from_dummy_data_only(self, tmp_path, monkeypatch):
         monkeypatch.setenv("AVA_KEYFRAMES_SOURCES", "local")
         monkeypatch.setenv("AVA_KEYFRAMES_CACHE", str(tmp_path / "cache"))
-
-
-# --- unit tests ------------------------------------------------------------------------------
-
-
-def test_select_keyframes_is_deterministic_spread_and_bounded():
-    seconds = list(range(902, 1799))
-    chosen = plan.select_keyframes(seconds, 5)
-    assert chosen == plan.select_keyframes(list(seconds), 5)
-    assert len(chosen) == len(set(chosen)) == 5 and chosen == sorted(chosen)
-    gaps = np.diff(chosen)
-    assert gaps.max() - gaps.min() <= 1  # evenly spread over the whole range
-    assert chosen[0] - 902 < 100 and 1798 - chosen[-1] < 100
-    assert plan.select_keyframes([902, 903], 5) == [902, 903]
-    assert plan.select_keyframes([902, 903, 904], None) == [902, 903, 904]
-
-
-def test_pixel_box_scales_and_clips():
-    pixels = plan.pixel_box((-0.1, 0.2, 1.2, 0.5), 100, 50)
-    assert pixels.dtype == np.float32
-    np.testing.assert_allclose(pixels, [0, 10, 100, 25])
-
-
-def test_custom_config_options_are_validated():
-    with pytest.raises(ValueError, match="max_per_video"):
-        builder_module.AvaKeyframesConfig(name="x", max_per_video=0)
-    with pytest.raises(ValueError, match="ava_version"):
-        builder_module.AvaKeyframesConfig(name="x", ava_version="3.0")
-    with pytest.raises(ValueError, match="max_side must be a positive integer or null, not True"):
-        builder_module.AvaKeyframesConfig(name="x", max_side=True)  # a bool is no integer
-    with pytest.raises(ValueError, match="allow_missing must be true or false"):
-        builder_module.AvaKeyframesConfig(name="x", allow_missing=1)
-
-
-@pytest.mark.slow
-def test_tfds_build_refuses_a_config_named_like_a_path_in_one_line(tmp_path):
-    data_dir = tmp_path / "a" / "b" / "data"
-    cmd = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes",
-           "--config", '{"name": "../../../x"}', "--data_dir", str(data_dir)]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,  # noqa: S603
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("ava_keyframes: error: config name '../../../x': expected")
-    assert not any(path.is_file() for path in tmp_path.rglob("*"))  # nothing written at all
-
-
-def test_clip_options_are_validated():
-    with pytest.raises(ValueError, match="clip_length and clip_stride go together"):
-        builder_module.AvaKeyframesConfig(name="x", clip_length=8)
-    with pytest.raises(ValueError, match="clip_stride must be a positive integer or null"):
-        builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=0)
-    with pytest.raises(ValueError, match="clip_short_side must be a positive integer, not 2.5"):
-        builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=2,
-                                          clip_short_side=2.5)
-
-
-def test_only_clip_configs_have_clip_features(tmp_path):
-    def features(config):
-        return builder_module.Builder(config=config, data_dir=str(tmp_path)).info.features
-
-    for name in ("v2.2", "v2.1"):
-        assert "clip" not in features(name) and "clip_padded" not in features(name)
-    for name, length in (("v2.2_clips8x8", 8), ("v2.2_clips32x2", 32)):
-        clip = features(name)["clip"]
-        assert isinstance(clip, tfds.features.Video) and clip.shape == (length, None, None, 3)
-        assert features(name)["image"].shape == (None, None, 3)  # the keyframe, as in v2.2
-    config = builder_module.Builder.builder_configs["v2.2_clips32x2"]
-    assert (config.clip_length, config.clip_stride, config.clip_short_side) == (32, 2, 256)
-
-
-def _dummy_job(video_id: str, seconds: tuple[int, ...]) -> plan.VideoJob:
-    return plan.VideoJob("train", video_id, tuple((second, ()) for second in seconds))
-
-
-def test_clips_are_padded_and_counted_at_both_edges(tmp_path):
-    """dummy_data's videos: 10 fps, frame i (stamped i) at i/10 s, last frame 3.9 s. Clips of
-    8 frames 16/30 s apart reach 2.13 s before and 1.6 s after their keyframe."""
-    video = DATASET_FOLDER / "dummy_data" / "videos" / "0ogRTCEBL0p.mp4"
-    work = plan.VideoWork(str(tmp_path / "cache"), None, None, LABELMAP, clip=(8, 16, 72))
-    outcome = plan.VideoOutcome("train", "0ogRTCEBL0p", 3)
-    fetched = FetchResult("0ogRTCEBL0p", "cached", video, "local", None, fetch_mode="local")
-    examples = dict(builder_module.video_examples(_dummy_job("0ogRTCEBL0p", (1, 3)), fetched,
-                                                  work, outcome))
-    first, last = examples["0ogRTCEBL0p_0001"], examples["0ogRTCEBL0p_0003"]
-    # times 1 + (k - 4) * 16/30: -1.13, -0.6, -0.07 (before the first frame), 0.47, 1.0, ...
-    assert [read_frame_stamp(f) for f in first["clip"]] == [0, 0, 0, 5, 10, 16, 21, 26]
-    assert first["clip_padded"] == 3 and read_frame_stamp(first["image"]) == 10
-    # times 3 + (k - 4) * 16/30: ... 3.53, 4.07 and 4.6 (after the last frame, 3.9 s)
-    assert [read_frame_stamp(f) for f in last["clip"]] == [9, 14, 20, 25, 30, 36, 39, 39]
-    assert last["clip_padded"] == 2 and first["clip"].shape == (8, 72, 96, 3)
-    assert outcome.written == 2 and not outcome.skipped
-
-
-def test_an_unusable_cache_is_a_one_line_build_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("AVA_KEYFRAMES_SOURCES", "local")
-    planted = tmp_path / "cache" / "videos" / "0ogRTCEBL0p.mp4"
-    planted.parent.mkdir(parents=True)
-    planted.symlink_to(tmp_path / "victim.mp4")  # a link planted in the cache
-    work = plan.VideoWork(str(tmp_path / "cache"), None, None, LABELMAP)
-    with pytest.raises(builder_module.BuildError) as error:
-        builder_module._fetch_job(_dummy_job("0ogRTCEBL0p", (1,)), work)
-    assert str(error.value) == f"{planted}: a symbolic link in the video cache, refused (remove it)"
-
-
-@pytest.mark.slow
-def test_tfds_build_with_an_unusable_cache_is_one_line(tmp_path):
-    """The error comes from the thread that fetches videos; under `tfds build` it is still
-    one line and a non-zero exit code."""
-    planted = tmp_path / "cache" / "videos" / "0ogRTCEBL0p.mp4"
-    planted.parent.mkdir(parents=True)
-    planted.symlink_to(tmp_path / "victim.mp4")
-    cmd = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes", "--config", "v2.2",
-           "--manual_dir", str(DATASET_FOLDER / "dummy_data"), "--data_dir", str(tmp_path)]
-    env = {**os.environ, "AVA_KEYFRAMES_SOURCES": "local", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "AVA_KEYFRAMES_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,  # noqa: S603
-                            env=env)
-    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        f"ava_keyframes: error: {planted}: a symbolic link in the video cache, refused (remove it)")
-
-
-@pytest.mark.parametrize("name", ["../../../x", "a/b", "..", ".hidden", "", "x" * 65, "v2.2\n"])
-def test_config_names_are_checked_like_ids(name):
-    with pytest.raises(ValueError, match="config name"):
-        builder_module.AvaKeyframesConfig(name=name)
 
 
 # --- in-process builds: options, nothing to write ---------------------------------------------
@@ -213,6 +81,9 @@ def test_options_keep_one_keyframe_per_video_at_max_side(tmp_path):
     builder = _build_in_process(tmp_path, DATASET_FOLDER / "dummy_data", config)
     report = json.loads((Path(builder.data_dir) / "build_report.json").read_text())
     assert report["options"] == {"max_per_video": 1, "max_side": 48}
+    # the settings resolved at launch, from the environment set around the build
+    assert report["fetch_settings"]["sources"] == ["local"]
+    assert report["fetch_settings"]["cache_dir"] == str(tmp_path / "cache")
     for split, csv_split in (("train", "train"), ("validation", "val")):
         examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
         excluded = (DATASET_FOLDER / "dummy_data" / "annotations" /
@@ -472,6 +343,7 @@ _LOADER = textwrap.dedent("""
             split_report["videos_unavailable"] = sorted(split_report["videos_unavailable"])
             fetch[split] = {key: split_report.pop(key)
                             for key in ("videos_fetched", "bytes_fetched", "fetch_modes")}
+        fetch["settings"] = report.pop("fetch_settings")  # each build has its own cache
         result["content"][data_dir]["report"] = report
         result["content"][data_dir]["loaded"] = {
             split: sum(1 for _ in tfds.load("ava_keyframes/v2.2", split=split,

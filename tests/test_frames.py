@@ -325,3 +325,15 @@ def test_ctrl_c_during_extraction_ends_the_process_cleanly(videos, tmp_path):
     assert result.returncode == 130, result.stderr
     assert result.stdout == "interrupted at 0\n"
     assert "Fatal" not in result.stderr and "Traceback" not in result.stderr
+
+
+
+@pytest.mark.parametrize("kind", [KINDS[0], KINDS[4]], ids=_kind_id)
+def test_non_utf8_metadata_opens_on_every_pyav(videos, tmp_path, kind):
+    """A title that is not UTF-8 (old rips carry Latin-1 tags) must not stop decoding: PyAV
+    before 19 needs ``metadata_errors``, PyAV 19 dropped that argument."""
+    source, times = videos[kind]
+    out = tmp_path / f"latin1{source.suffix}"
+    subprocess.run([ffmpeg_binary().encode(), b"-v", b"error", b"-i", bytes(source),  # noqa: S603
+                    b"-c", b"copy", b"-metadata", b"title=Caf\xe9 \xff", bytes(out)], check=True)
+    assert stamps(out, [1, 2]) == [(1, expected_frame(times, 1)), (2, expected_frame(times, 2))]
