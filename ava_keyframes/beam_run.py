@@ -264,18 +264,21 @@ def staged(work: VideoWork, video_id: str) -> Iterator[VideoWork]:
     """``work`` with its remote parts made local for one video: a video in a remote manual
     dir is copied to local scratch, a remote cache is replaced by local scratch; the scratch
     is removed when the block ends. ``work`` itself when nothing is remote."""
-    if not (is_remote(work.manual_dir) or is_remote(work.cache_dir)):
+    settings = work.fetch
+    if not (is_remote(settings.manual_dir) or is_remote(settings.cache_dir)):
         yield work
         return
     scratch = Path(tempfile.mkdtemp(prefix="ava_keyframes_"))
     try:
-        manual_dir = work.manual_dir
+        manual_dir = settings.manual_dir
         if is_remote(manual_dir):
             manual_dir = str(scratch / "manual")
-            _copy_video(epath.Path(work.manual_dir) / "videos", video_id,
+            _copy_video(epath.Path(settings.manual_dir) / "videos", video_id,
                         Path(manual_dir) / "videos")
-        cache_dir = str(scratch / "cache") if is_remote(work.cache_dir) else work.cache_dir
-        yield dataclasses.replace(work, manual_dir=manual_dir, cache_dir=cache_dir)
+        cache_dir = str(scratch / "cache") if is_remote(settings.cache_dir) else \
+            settings.cache_dir
+        yield dataclasses.replace(work, fetch=dataclasses.replace(
+            settings, manual_dir=manual_dir, cache_dir=cache_dir))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

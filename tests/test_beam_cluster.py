@@ -12,6 +12,7 @@ line (worker_start_timeout) instead of waiting forever.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -111,6 +112,10 @@ def test_external_worker_pool_builds_what_a_plain_build_does(corpus, cluster):
     assert set(digests) == {"train", "validation"}
     # the workers fetched from the mirror they only knew through the pipeline
     assert len(corpus["mirror"].requests) > served_before
+    report = json.loads(next((corpus["root"] / "portable").glob(
+        "ava_keyframes/v2.2/*/build_report.json")).read_text())
+    assert report["fetch_settings"]["mirror"] == corpus["mirror"].url
+    assert report["fetch_settings"]["sources"] == ["mirror"]
 
 
 @pytest.mark.parametrize("cluster", ["no_beam"], indirect=True)

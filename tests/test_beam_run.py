@@ -16,6 +16,7 @@ from etils import epath
 
 from ava_keyframes import beam_run
 from ava_keyframes.plan import VideoWork
+from ava_keyframes.settings import FetchSettings
 
 LOCAL_PATHS = {"data_dir": "/data", "manual_dir": None}
 
@@ -158,19 +159,22 @@ def fake_gcs(tmp_path, monkeypatch):
 def test_a_remote_video_is_staged_on_local_scratch_and_removed(fake_gcs, tmp_path):
     (fake_gcs / "manual" / "videos").mkdir(parents=True)
     (fake_gcs / "manual" / "videos" / "abcdefghijk.mkv").write_bytes(b"video bytes")
-    work = VideoWork(cache_dir="gs://bucket/cache", manual_dir="gs://bucket/manual",
+    work = VideoWork(fetch=FetchSettings(cache_dir="gs://bucket/cache",
+                                         manual_dir="gs://bucket/manual"),
                      max_side=None, labelmap=None)
     with beam_run.staged(work, "abcdefghijk") as local:
-        staged = Path(local.manual_dir) / "videos" / "abcdefghijk.mkv"
+        staged = Path(local.fetch.manual_dir) / "videos" / "abcdefghijk.mkv"
         assert staged.read_bytes() == b"video bytes"
-        assert not beam_run.is_remote(local.cache_dir) and Path(local.cache_dir).parent.is_dir()
+        assert not beam_run.is_remote(local.fetch.cache_dir)
+        assert Path(local.fetch.cache_dir).parent.is_dir()
+        assert local.fetch.mirror == work.fetch.mirror  # the other settings travel unchanged
     assert not staged.exists() and not staged.parent.parent.parent.exists()
     with beam_run.staged(work, "zzzzzzzzzzz") as local:  # not there: other sources are tried
-        assert not any(Path(local.manual_dir, "videos").iterdir())
+        assert not any(Path(local.fetch.manual_dir, "videos").iterdir())
 
 
 def test_local_inputs_are_used_in_place(tmp_path):
-    work = VideoWork(cache_dir=str(tmp_path), manual_dir=str(tmp_path), max_side=None,
-                     labelmap=None)
+    work = VideoWork(fetch=FetchSettings(cache_dir=str(tmp_path), manual_dir=str(tmp_path)),
+                     max_side=None, labelmap=None)
     with beam_run.staged(work, "abcdefghijk") as local:
         assert local is work
