@@ -4,8 +4,9 @@ workers speak), the pool with a clean environment (no AVA_KEYFRAMES_* variables,
 working directory). The launching side (`tfds build`) alone knows where the videos are (a
 loopback mirror, named in its environment): the workers learn it through the pipeline.
 
-A second pool whose `python` lacks Beam (this interpreter without its site-packages) never
-starts a worker: the build must end with one
+A pool whose `python` has Beam but not this package fails on its first bundle: the build
+ends with that worker's error in one line. A pool whose `python` lacks Beam (this interpreter
+without its site-packages) never starts a worker: the build must end with one
 line (worker_start_timeout) instead of waiting forever.
 """
 
@@ -34,10 +35,23 @@ BUILD_TIMEOUT = 420  # a safety net for a hang; the no-Beam case ends after its 
 pytestmark = pytest.mark.slow
 
 
-def _clean_env(python_dir: Path) -> dict[str, str]:
-    """What a worker machine has: `python` first on PATH, the package importable, and no
+_HIDE_PACKAGE = """import sys
+
+
+class _NoAvaKeyframes:  # a worker machine where this package was never installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ava_keyframes":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, _NoAvaKeyframes())
+"""
+
+
+def _clean_env(python_dir: Path, python_path: Path = WORKTREE) -> dict[str, str]:
+    """What a worker machine has: `python` first on PATH, ``python_path`` importable, and no
     AVA_KEYFRAMES_* setting."""
-    env = {"PATH": f"{python_dir}:/usr/bin:/bin", "PYTHONPATH": str(WORKTREE),
+    env = {"PATH": f"{python_dir}:/usr/bin:/bin", "PYTHONPATH": str(python_path),
            "HOME": os.environ.get("HOME", "/tmp"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     assert not any(name.startswith("AVA_KEYFRAMES_") for name in env)
     return env
@@ -46,16 +60,22 @@ def _clean_env(python_dir: Path) -> dict[str, str]:
 @pytest.fixture
 def cluster(tmp_path_factory, request) -> Iterator[LocalCluster]:
     """A job server and a worker pool whose `python` is this interpreter (``request.param``
-    "venv") or it without site-packages, so without Beam ("no_beam"), in another working
-    directory; both are stopped whatever happens."""
+    "venv"), it unable to import this package ("no_package"), or it without site-packages, so
+    without Beam ("no_beam"), in another working directory; both are stopped whatever
+    happens."""
     worker_home = tmp_path_factory.mktemp("worker_home")
     python_dir = Path(sys.executable).parent  # a venv's `python` finds its packages from here
+    python_path = WORKTREE
+    if request.param == "no_package":
+        python_path = worker_home / "site"
+        python_path.mkdir()
+        (python_path / "sitecustomize.py").write_text(_HIDE_PACKAGE)
     if request.param == "no_beam":
         python_dir = worker_home / "bin"
         python_dir.mkdir()
         (python_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
         (python_dir / "python").chmod(0o755)
-    with LocalCluster(worker_home, _clean_env(python_dir)) as started:
+    with LocalCluster(worker_home, _clean_env(python_dir, python_path)) as started:
         yield started
 
 
@@ -116,6 +136,19 @@ def test_external_worker_pool_builds_what_a_plain_build_does(corpus, cluster):
         "ava_keyframes/v2.2/*/build_report.json")).read_text())
     assert report["fetch_settings"]["mirror"] == corpus["mirror"].url
     assert report["fetch_settings"]["sources"] == ["mirror"]
+
+
+@pytest.mark.parametrize("cluster", ["no_package"], indirect=True)
+def test_worker_without_the_package_ends_the_build_with_its_error_in_one_line(corpus, cluster):
+    result = _build(corpus, "no_package", f"--beam_pipeline_options={cluster.options()}")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ava_keyframes: error: a Beam worker of PortableRunner failed in "), \
+        result.stderr[-3000:]
+    assert "ModuleNotFoundError: No module named 'ava_keyframes" in last
+    assert last.endswith("(install this package in the workers' environment: see the "
+                         "Dockerfile)")
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("cluster", ["no_beam"], indirect=True)
