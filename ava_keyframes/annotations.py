@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from etils import epath
 
 from ava_keyframes.labelmap import INT32_MAX, LabelMap
 
@@ -160,9 +161,9 @@ class Annotations:
         }
 
 
-def _read_lines(path: Path, *, may_be_empty: bool = False) -> list[str]:
+def _read_lines(path: epath.Path, *, may_be_empty: bool = False) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")  # epath's read_text drops the encoding
     except FileNotFoundError:
         raise AnnotationError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
@@ -176,7 +177,7 @@ def _read_lines(path: Path, *, may_be_empty: bool = False) -> list[str]:
 def read_excluded(path: str | Path) -> set[Keyframe]:
     """Read an ``ava_*_excluded_timestamps`` CSV (``video_id,timestamp`` per line); a file
     without rows is valid (no keyframe excluded)."""
-    path = Path(path)
+    path = epath.Path(path)  # gs://... too (a remote --manual_dir)
     excluded = set()
     for number, line in enumerate(_read_lines(path, may_be_empty=True), start=1):
         if not line.strip():
@@ -263,7 +264,7 @@ def read_annotations(
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
-    path = Path(path)
+    path = epath.Path(path)  # gs://... too (a remote --manual_dir)
     frame, columns, line_numbers, ascii_only = _split_fields(_read_lines(path))
     check = _Validator(len(columns))
     _check_column_counts(check, columns, kind)

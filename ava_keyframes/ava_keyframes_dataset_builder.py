@@ -218,11 +218,16 @@ def _fetch_job(job: VideoJob, work: VideoWork) -> FetchResult:
         raise _user_error(BuildError(str(error))) from None
 
 
-def _beam_video(job: VideoJob, work: VideoWork):
-    """Beam: one video -> its examples, then its VideoOutcome on the side output."""
+def _beam_video(job: VideoJob, work: VideoWork, data_dir: str):
+    """Beam: one video -> its examples, then its VideoOutcome on the side output. Remote
+    inputs are staged on the worker's disk for the video's time (see beam_run)."""
+    from ava_keyframes import beam_run
+
     beam = tfds.core.lazy_imports.apache_beam
+    beam_run.mark_started(data_dir)
     outcome = VideoOutcome(job.split, job.video_id, len(job.keyframes))
-    yield from video_examples(job, _fetch_job(job, work), work, outcome)
+    with beam_run.staged(work, job.video_id) as local:
+        yield from video_examples(job, _fetch_job(job, local), local, outcome)
     yield beam.pvalue.TaggedOutput(_OUTCOME_TAG, outcome.to_json())
 
 
@@ -232,12 +237,17 @@ def _write_outcomes(outcomes: list[dict[str, Any]], path: str) -> None:
 
 def _beam_split(pipeline, jobs: list[VideoJob], work: VideoWork, outcomes_path: str):
     """Beam: fan the videos out, one element each; outcomes are written to ``outcomes_path``."""
+    from ava_keyframes import beam_run
+
     beam = tfds.core.lazy_imports.apache_beam
+    beam_run.note_pipeline(pipeline.pipeline)
+    data_dir = str(epath.Path(outcomes_path).parent)
     results = (
         pipeline
         | "Videos" >> beam.Create(jobs)
         | "Spread" >> beam.Reshuffle()
-        | "Extract" >> beam.FlatMap(_beam_video, work).with_outputs(_OUTCOME_TAG, main="examples")
+        | "Extract" >> beam.FlatMap(_beam_video, work, data_dir)
+        .with_outputs(_OUTCOME_TAG, main="examples")
     )
     _ = (
         results[_OUTCOME_TAG]
@@ -308,7 +318,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._outcomes: list[VideoOutcome] = []
         download_dir = Path(dl_manager.download_dir)
         try:
-            super()._download_and_prepare(dl_manager, download_config)
+            if self._use_beam:
+                self._beam_download_and_prepare(dl_manager, download_config)
+            else:
+                super()._download_and_prepare(dl_manager, download_config)
         finally:  # TFDS makes them whether or not anything is downloaded
             _remove_empty_folders(download_dir / "extracted", download_dir)
         if not self._plans:  # max_examples_per_split=0: nothing generated, nothing to report
@@ -323,6 +336,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if download_config.max_examples_per_split is None:
             self._check_counts(report)
         self._finish_report(report, data_dir)
+
+    def _beam_download_and_prepare(self, dl_manager, download_config) -> None:
+        from ava_keyframes import beam_run
+
+        try:
+            with beam_run.launched(download_config, str(self.data_dir)) as config:
+                super()._download_and_prepare(dl_manager, config)
+        except beam_run.LaunchError as error:
+            raise _user_error(BuildError(str(error))) from error
 
     def _check_counts(self, report: dict[str, Any]) -> None:
         for split, counts in report["splits"].items():
@@ -407,7 +429,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 + ("; ".join(problems) or "no annotated keyframes")
             ))
 
-    def _annotations_dir(self, dl_manager, manual_dir: Path | None) -> Path:
+    def _annotations_dir(self, dl_manager, manual_dir: epath.Path | None) -> epath.Path:
         """``<manual_dir>/annotations/`` if it holds this config's files, else the official
         zip, downloaded; AnnotationsMissing when neither is possible (checked in seconds)."""
         config: AvaKeyframesConfig = self.builder_config
@@ -464,9 +486,10 @@ def _labelmap() -> LabelMap:
     return read_labelmap(default_labelmap_path())
 
 
-def _manual_dir(dl_manager: tfds.download.DownloadManager) -> Path | None:
-    """The manual dir when it exists and holds something (it is optional here)."""
+def _manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
+    """The manual dir when it exists and holds something (it is optional here); it may be
+    remote (gs://...)."""
     try:
-        return Path(dl_manager.manual_dir)
+        return epath.Path(dl_manager.manual_dir)
     except AssertionError:
         return None

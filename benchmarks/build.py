@@ -1,4 +1,4 @@
-"""Throughput of the `ava_keyframes` TFDS build against extraction alone, and Beam 2 vs 1 workers.
+"""Throughput of the `ava_keyframes` TFDS build against extraction alone, and on Beam runners.
 
 On a synthetic corpus (``make_corpus``: ``--videos`` videos, ``--seconds`` keyframes each, at
 ``--size``, videos in the manual dir), this times, in one run:
@@ -10,7 +10,12 @@ On a synthetic corpus (``make_corpus``: ``--videos`` videos, ``--seconds`` keyfr
 3. the same build as a Beam pipeline on the local FnApiRunner (what DirectRunner runs batch
    pipelines on; naming it skips DirectRunner's attempt to download its Prism runner), with
    ``direct_running_mode=multi_processing`` and 1, then 2 workers (each worker is a Python
-   process that imports TensorFlow and this package: a start-up cost per build).
+   process that imports TensorFlow and this package: a start-up cost per build);
+4. the same pipeline on Beam's portable runner, out of process as on a cluster: a Python job
+   server and an external SDK worker pool (``ava_keyframes.portable.LocalCluster``, started
+   for each run), with the default ``sdk_worker_parallelism`` (1) and with 2; the pool's log
+   says how many workers the job server asked it for. Wall time is the build's (the servers
+   start before the clock); CPU time includes the servers and their workers, whole.
 
 Runs are interleaved and repeated (best of ``--repeat``) because the machines this was
 written on are shared.
@@ -23,13 +28,15 @@ encoded) is timed apart and printed with the ratio it gives when counted. Every 
 checked to hold every keyframe.
 
 Usage: python benchmarks/build.py [--videos 4] [--seconds 30] [--size 640x360] [--repeat 2]
-                                  [--out DIR]
+                                  [--out DIR] [--no-portable]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +47,7 @@ import tensorflow_datasets as tfds
 from ava_keyframes.annotations import read_annotations, read_excluded
 from ava_keyframes.ava_keyframes_dataset_builder import Builder
 from ava_keyframes.frames import extract_keyframes
+from ava_keyframes.portable import LocalCluster
 from ava_keyframes.synth import make_corpus
 
 
@@ -80,20 +88,38 @@ def time_extraction(info, seconds: dict[str, list[int]]) -> tuple[float, float]:
 
 
 def time_build(
-    manual: Path, data_dir: Path, beam_flags: list[str] | None, expected: int
+    manual: Path, data_dir: Path, beam_flags: list[str] | None, expected: int,
+    parallelism: int | None = None,
 ) -> tuple[float, float]:
+    """(wall, CPU) of one build; ``parallelism``: on a fresh LocalCluster with that
+    ``sdk_worker_parallelism`` (its workers are counted from the pool's log)."""
     config = tfds.download.DownloadConfig(manual_dir=str(manual))
-    if beam_flags is not None:
-        beam = tfds.core.lazy_imports.apache_beam
-        config.beam_options = beam.options.pipeline_options.PipelineOptions(flags=beam_flags)
     clock = Clock()
-    clock.start()
-    builder = Builder(config="v2.2", data_dir=str(data_dir))
-    builder.download_and_prepare(download_config=config)
-    elapsed = clock.stop()
+    with contextlib.ExitStack() as servers:
+        if parallelism is not None:
+            data_dir.mkdir(parents=True)
+            python_first = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # workers'
+            cluster = servers.enter_context(LocalCluster(data_dir, {**os.environ,
+                                                                    "PATH": python_first}))
+            beam_flags = [f"--{option}" for option in cluster.options(
+                f"sdk_worker_parallelism={parallelism}", "worker_start_timeout=180").split(",")]
+        if beam_flags is not None:
+            beam = tfds.core.lazy_imports.apache_beam
+            config.beam_options = beam.options.pipeline_options.PipelineOptions(
+                flags=beam_flags)
+        clock.start()
+        builder = Builder(config="v2.2", data_dir=str(data_dir))
+        builder.download_and_prepare(download_config=config)
+        wall, _ = clock.stop()
+    _, cpu = clock.stop()  # the servers stopped: their CPU time is in the children's
     count = sum(split.num_examples for split in builder.info.splits.values())
     assert count == expected, f"{data_dir.name}: {count} examples, expected {expected}"
-    return elapsed
+    if parallelism is not None:
+        workers = sum(log.read_text().count("Starting worker with command")
+                      for log in data_dir.glob("worker_pool_main-*.log"))
+        print(f"  portable, sdk_worker_parallelism={parallelism}: the job server asked the "
+              f"pool for {workers} worker(s)")
+    return wall, cpu
 
 
 def main() -> None:
@@ -103,6 +129,8 @@ def main() -> None:
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--repeat", type=int, default=2, help="best of N runs (default 2)")
     parser.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
+    parser.add_argument("--no-portable", action="store_true",
+                        help="leave out the portable runner's runs")
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
 
@@ -129,18 +157,22 @@ def main() -> None:
                 f"--direct_num_workers={n}"]
             for n in (1, 2)
         }
+        portable = {} if args.no_portable else {
+            f"portable, parallelism {n}": n for n in (1, 2)}
         runs: dict[str, list[tuple[float, float]]] = {}
         for attempt in range(args.repeat):  # interleaved, so that load changes hit all alike
             runs.setdefault("extraction alone", []).append(time_extraction(info, seconds))
-            for name, flags in {"plain build": None, **beam}.items():
+            for name, flags in {"plain build": None, **beam, **portable}.items():
                 data_dir = root / f"{name.replace(' ', '_').replace(',', '')}-{attempt}"
-                runs.setdefault(name, []).append(time_build(info.root, data_dir, flags, total))
+                runs.setdefault(name, []).append(time_build(
+                    info.root, data_dir, None if name in portable else flags, total,
+                    portable.get(name)))
 
     best = {name: min(times) for name, times in runs.items()}  # by wall time
     print(f"{total} keyframes; best of {args.repeat} runs each (wall time; CPU time of this "
           "process and its children)")
     for name, (wall, cpu) in best.items():
-        print(f"  {name:<18} {wall:7.2f} s {total / wall:7.1f} keyframes/s   "
+        print(f"  {name:<22} {wall:7.2f} s {total / wall:7.1f} keyframes/s   "
               f"CPU {cpu:7.2f} s {1000 * cpu / total:6.1f} ms/keyframe")
     print(f"  (TensorFlow start-up, once per build process, not in the times above: "
           f"{startup:.1f} s)")
@@ -151,6 +183,8 @@ def main() -> None:
           f"start-up; CPU per keyframe, extraction / build: {extract_cpu / build_cpu:.2f}")
     speedup = best["beam, 1 worker"][0] / best["beam, 2 workers"][0]
     print(f"beam, 2 workers / 1 worker throughput: {speedup:.2f}")
+    for name in portable:
+        print(f"{name} / plain build throughput: {build_wall / best[name][0]:.2f}")
 
 
 if __name__ == "__main__":
