@@ -21,9 +21,7 @@ import functools
 import json
 import re
 import socket
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from os import environ
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from etils import epath
 from ava_keyframes import features
 from ava_keyframes.annotations import keyframe_key, read_annotations, read_excluded
 from ava_keyframes.cache import CacheError
-from ava_keyframes.frames import KeyframeError
+from ava_keyframes.finished import FinishedStore, FinishedVideo, ahead
 from ava_keyframes.labelmap import LabelMap, default_labelmap_path, read_labelmap
 from ava_keyframes.media import decoder_info
 from ava_keyframes.plan import (
@@ -53,6 +51,7 @@ from ava_keyframes.plan import (
     tfds_builds_every_config,
 )
 from ava_keyframes.sources import FetchResult
+from ava_keyframes.writer_settings import shard_sizes, shuffle_buffer
 
 ANNOTATIONS_URL = "https://s3.amazonaws.com/ava-dataset/annotations/ava_v{version}.zip"
 ANNOTATIONS_URL_ENV = "AVA_KEYFRAMES_ANNOTATIONS_URL"
@@ -164,38 +163,36 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
         return self.allow_missing or environ.get(ALLOW_MISSING_ENV, "") == "1"
 
 
-def video_examples(
-    job: VideoJob, fetched: FetchResult, work: VideoWork, outcome: VideoOutcome
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Examples of one video, from one extraction pass; ``outcome`` is updated as they go."""
+def video_examples(job: VideoJob, fetched: FetchResult, finished: FinishedVideo | None,
+                   work: VideoWork, outcome: VideoOutcome) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Examples of one video, from its stored frames; ``outcome`` is updated as they go."""
     outcome.fetch_mode, outcome.bytes_fetched = fetched.fetch_mode, fetched.bytes_fetched
     outcome.note = fetched.note
-    if fetched.path is None:
+    if fetched.path is None or finished is None:
         outcome.unavailable, outcome.transient = fetched.reason, fetched.transient
         outcome.skipped[VIDEO_LOST if fetched.transient else VIDEO_UNAVAILABLE] = outcome.selected
         return
     persons_at = dict(job.keyframes)
-    try:
-        for second, frame, clip in work.extract(job, fetched):
-            outcome.written += 1
-            yield keyframe_key(job.video_id, second), features.example(
-                job.video_id, second, persons_at[second], frame, work.labelmap, clip)
-    except KeyframeError as error:  # MissingKeyframes included: the frames before it are kept
-        outcome.error = str(error)
+    for frame in finished.frames():
+        outcome.written += 1
+        yield keyframe_key(job.video_id, frame.second), features.example(
+            job.video_id, persons_at[frame.second], frame, work.labelmap)
+    if finished.error is not None:  # MissingKeyframes included: the frames before it are kept
+        outcome.error = finished.error
         outcome.skipped[FRAME_MISSING] = outcome.selected - outcome.written
 
 
-def _prefetched(fetch: Callable[[VideoJob], FetchResult], jobs: Iterable[VideoJob]
-                ) -> Iterator[FetchResult]:
-    """``fetch(job)`` for each job in order, the next one running while the caller works."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ava-fetch") as pool:
-        pending = deque()
-        for job in jobs:
-            pending.append(pool.submit(fetch, job))
-            if len(pending) > 1:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+def _finished_job(job: VideoJob, work: VideoWork, store: FinishedStore,
+                  encode: Callable[[Any], bytes]) -> tuple[FetchResult, FinishedVideo | None]:
+    """The job's video fetched, then its frames decoded and JPEG-encoded into ``store`` (or
+    found there, from an earlier run of the same build: then nothing is decoded again)."""
+    fetched = _fetch_job(job, work)
+    if fetched.path is None:
+        return fetched, None
+    try:
+        return fetched, store.finish(job, fetched, work, encode)
+    except CacheError as error:
+        raise _user_error(BuildError(str(error))) from None
 
 
 def _fetch_job(job: VideoJob, work: VideoWork) -> FetchResult:
@@ -217,11 +214,12 @@ def _fetch_job(job: VideoJob, work: VideoWork) -> FetchResult:
         raise _user_error(BuildError(str(error))) from None
 
 
-def _beam_video(job: VideoJob, work: VideoWork):
+def _beam_video(job: VideoJob, work: VideoWork, store: FinishedStore,
+                encode: Callable[[Any], bytes]):
     """Beam: one video -> its examples, then its VideoOutcome on the side output."""
     beam = tfds.core.lazy_imports.apache_beam
     outcome = VideoOutcome(job.split, job.video_id, len(job.keyframes))
-    yield from video_examples(job, _fetch_job(job, work), work, outcome)
+    yield from video_examples(job, *_finished_job(job, work, store, encode), work, outcome)
     yield beam.pvalue.TaggedOutput(_OUTCOME_TAG, outcome.to_json())
 
 
@@ -229,14 +227,16 @@ def _write_outcomes(outcomes: list[dict[str, Any]], path: str) -> None:
     epath.Path(path).write_text(json.dumps(outcomes))
 
 
-def _beam_split(pipeline, jobs: list[VideoJob], work: VideoWork, outcomes_path: str):
+def _beam_split(pipeline, jobs: list[VideoJob], work: VideoWork, store: FinishedStore,
+                encode: Callable[[Any], bytes], outcomes_path: str):
     """Beam: fan the videos out, one element each; outcomes are written to ``outcomes_path``."""
     beam = tfds.core.lazy_imports.apache_beam
     results = (
         pipeline
         | "Videos" >> beam.Create(jobs)
         | "Spread" >> beam.Reshuffle()
-        | "Extract" >> beam.FlatMap(_beam_video, work).with_outputs(_OUTCOME_TAG, main="examples")
+        | "Extract" >> beam.FlatMap(_beam_video, work, store, encode)
+        .with_outputs(_OUTCOME_TAG, main="examples")
     )
     _ = (
         results[_OUTCOME_TAG]
@@ -299,7 +299,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                    Path(dl_manager.download_dir) / "manual")
         self._plans: dict[str, SplitPlan] = {}
         self._outcomes: list[VideoOutcome] = []
-        super()._download_and_prepare(dl_manager, download_config)
+        self._finished: FinishedStore | None = None
+        with shuffle_buffer():
+            super()._download_and_prepare(dl_manager, shard_sizes(download_config))
+        if self._finished is not None:
+            self._finished.remove()  # the dataset is written: a rerun has nothing to resume
         if not self._plans:  # max_examples_per_split=0: nothing generated, nothing to report
             return
         data_dir = epath.Path(self.data_dir)
@@ -350,6 +354,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         annotations_dir = self._annotations_dir(dl_manager, manual_dir)
         labelmap = _labelmap()
         cache_dir = environ.get(CACHE_ENV) or dl_manager.download_dir / "ava_keyframes_videos"
+        self._finished = FinishedStore(cache_dir, {"dataset": self.info.full_name,
+                                                   "options": config.options(),
+                                                   "decoder": decoder_info()})
         work = VideoWork(
             cache_dir=str(cache_dir),
             manual_dir=str(manual_dir) if manual_dir else None,
@@ -371,16 +378,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if self._use_beam:
             beam = tfds.core.lazy_imports.apache_beam
             outcomes_path = epath.Path(self.data_dir) / f"{split}{_OUTCOMES_SUFFIX}"
-            return beam.ptransform_fn(_beam_split)(jobs, work, str(outcomes_path))
+            return beam.ptransform_fn(_beam_split)(jobs, work, self._finished, self._encode,
+                                                   str(outcomes_path))
         return self._walk_videos(split, jobs, work)
 
+    @property
+    def _encode(self) -> Callable[[Any], bytes]:
+        """Keyframe array -> JPEG bytes, as the image feature would store it."""
+        return self.info.features["image"].encode_example
+
     def _walk_videos(self, split: str, jobs: list[VideoJob], work: VideoWork):
-        fetched = _prefetched(functools.partial(_fetch_job, work=work), jobs)
-        outcomes = []
-        for job, result in zip(jobs, fetched, strict=True):
+        finished = ahead(functools.partial(
+            _finished_job, work=work, store=self._finished, encode=self._encode), jobs)
+        outcomes, resumed = [], 0
+        for job, (fetched, stored) in zip(jobs, finished, strict=True):
             outcomes.append(VideoOutcome(job.split, job.video_id, len(job.keyframes)))
             self._outcomes.append(outcomes[-1])
-            yield from video_examples(job, result, work, outcomes[-1])
+            resumed += stored is not None and stored.resumed
+            yield from video_examples(job, fetched, stored, work, outcomes[-1])
+        if resumed:
+            print(f"{self.info.full_name} {split}: {resumed} video(s) finished by an earlier "
+                  f"run of this build, not decoded again", flush=True)
         if not any(outcome.written for outcome in outcomes):  # TFDS cannot write an empty split
             problems = [f"{o.video_id}: {o.unavailable or o.error}" for o in outcomes]
             raise _user_error(BuildError(

@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
 from ava_keyframes import plan
 from ava_keyframes.cli import main as cli_main
+from ava_keyframes.finished import FinishedStore
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 from ava_keyframes.mirror import LoopbackMirror
 from ava_keyframes.sources import FetchResult
@@ -146,8 +147,12 @@ def test_clips_are_padded_and_counted_at_both_edges(tmp_path):
     work = plan.VideoWork(str(tmp_path / "cache"), None, None, LABELMAP, clip=(8, 16, 72))
     outcome = plan.VideoOutcome("train", "0ogRTCEBL0p", 3)
     fetched = FetchResult("0ogRTCEBL0p", "cached", video, "local", None, fetch_mode="local")
-    examples = dict(builder_module.video_examples(_dummy_job("0ogRTCEBL0p", (1, 3)), fetched,
-                                                  work, outcome))
+    job = _dummy_job("0ogRTCEBL0p", (1, 3))
+    store = FinishedStore(tmp_path / "cache", {"test": "clips"})
+    stored = store.finish(job, fetched, work, builder_module.Builder(
+        config="v2.2_clips8x8", data_dir=tmp_path / "data").info.features["image"].encode_example)
+    examples = {key: _decoded(example) for key, example in
+                builder_module.video_examples(job, fetched, stored, work, outcome)}
     first, last = examples["0ogRTCEBL0p_0001"], examples["0ogRTCEBL0p_0003"]
     # times 1 + (k - 4) * 16/30: -1.13, -0.6, -0.07 (before the first frame), 0.47, 1.0, ...
     assert [read_frame_stamp(f) for f in first["clip"]] == [0, 0, 0, 5, 10, 16, 21, 26]
@@ -156,6 +161,14 @@ def test_clips_are_padded_and_counted_at_both_edges(tmp_path):
     assert [read_frame_stamp(f) for f in last["clip"]] == [9, 14, 20, 25, 30, 36, 39, 39]
     assert last["clip_padded"] == 2 and first["clip"].shape == (8, 72, 96, 3)
     assert outcome.written == 2 and not outcome.skipped
+
+
+def _decoded(example: dict) -> dict:
+    """``example`` with its stored JPEGs decoded to arrays."""
+    decoded = {**example, "image": tf.io.decode_jpeg(example["image"]).numpy()}
+    if "clip" in example:
+        decoded["clip"] = np.stack([tf.io.decode_jpeg(f).numpy() for f in example["clip"]])
+    return decoded
 
 
 def test_an_unusable_cache_is_a_one_line_build_error(tmp_path, monkeypatch):
@@ -232,8 +245,8 @@ def test_examples_lost_after_generation_fail_the_build(tmp_path, monkeypatch):
     """What a runner that drops an example looks like: generated, counted, never stored."""
     generate = builder_module.video_examples
 
-    def dropping_the_first(job, fetched, work, outcome):
-        yield from list(generate(job, fetched, work, outcome))[1:]
+    def dropping_the_first(*args):
+        yield from list(generate(*args))[1:]
 
     monkeypatch.setattr(builder_module, "video_examples", dropping_the_first)
     with pytest.raises(RuntimeError, match="2 examples were generated but 1 were written"):
