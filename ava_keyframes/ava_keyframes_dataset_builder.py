@@ -4,9 +4,10 @@ TFDS dataset, one example per annotated keyframe.
 Generation walks video by video: each video is fetched once (``<manual_dir>/videos/``, the
 CVDF mirror or YouTube, through :class:`ava_keyframes.sources.VideoCache`), only the window
 its keyframes and clips need where the source allows, and decoded in one pass
-(:mod:`ava_keyframes.frames`). Without Beam options the videos are walked in order, the next
-one fetched while the current one is decoded; with ``--beam_pipeline_options`` each video is
-one element of a Beam pipeline.
+(:mod:`ava_keyframes.frames`), its keyframes JPEG-encoded and kept until the build completes
+(:mod:`ava_keyframes.finished`: a killed build, rerun, resumes). Without Beam options the
+videos are walked in order, the next one fetched, decoded and encoded while the current one
+is written; with ``--beam_pipeline_options`` each video is one element of a Beam pipeline.
 
 Every build writes ``build_report.json`` next to its TFRecords (see :mod:`ava_keyframes.plan`).
 A video lost to a cause that may pass (an outage, retries spent, a full disk) fails the build
@@ -299,11 +300,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                    Path(dl_manager.download_dir) / "manual")
         self._plans: dict[str, SplitPlan] = {}
         self._outcomes: list[VideoOutcome] = []
-        self._finished: FinishedStore | None = None
         with shuffle_buffer():
             super()._download_and_prepare(dl_manager, shard_sizes(download_config))
-        if self._finished is not None:
-            self._finished.remove()  # the dataset is written: a rerun has nothing to resume
         if not self._plans:  # max_examples_per_split=0: nothing generated, nothing to report
             return
         data_dir = epath.Path(self.data_dir)
@@ -315,6 +313,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if download_config.max_examples_per_split is None:
             self._check_counts(report)
         self._finish_report(report, data_dir)
+        self._finished.remove()  # the dataset is complete: a rerun has nothing to resume
 
     def _check_counts(self, report: dict[str, Any]) -> None:
         for split, counts in report["splits"].items():
@@ -383,8 +382,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return self._walk_videos(split, jobs, work)
 
     @property
-    def _encode(self) -> Callable[[Any], bytes]:
-        """Keyframe array -> JPEG bytes, as the image feature would store it."""
+    def _encode(self) -> Callable[[Any], bytes]:  # array -> JPEG, as the feature stores it
         return self.info.features["image"].encode_example
 
     def _walk_videos(self, split: str, jobs: list[VideoJob], work: VideoWork):
