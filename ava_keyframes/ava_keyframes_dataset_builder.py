@@ -4,9 +4,10 @@ TFDS dataset, one example per annotated keyframe.
 Generation walks video by video: each video is fetched once (``<manual_dir>/videos/``, the
 CVDF mirror or YouTube, through :class:`ava_keyframes.sources.VideoCache`), only the window
 its keyframes and clips need where the source allows, and decoded in one pass
-(:mod:`ava_keyframes.frames`). Without Beam options the videos are walked in order, the next
-one fetched while the current one is decoded; with ``--beam_pipeline_options`` each video is
-one element of a Beam pipeline.
+(:mod:`ava_keyframes.frames`), its keyframes JPEG-encoded and kept until the build completes
+(:mod:`ava_keyframes.finished`: a killed build, rerun, resumes). Without Beam options the
+videos are walked in order, the next one fetched, decoded and encoded while the current one
+is written; with ``--beam_pipeline_options`` each video is one element of a Beam pipeline.
 
 Every build writes ``build_report.json`` next to its TFRecords (see :mod:`ava_keyframes.plan`).
 A video lost to a cause that may pass (an outage, retries spent, a full disk) fails the build
@@ -21,9 +22,7 @@ import functools
 import json
 import re
 import socket
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from os import environ
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from etils import epath
 from ava_keyframes import console, features
 from ava_keyframes.annotations import keyframe_key, read_annotations, read_excluded
 from ava_keyframes.cache import CacheError
-from ava_keyframes.frames import KeyframeError
+from ava_keyframes.finished import FinishedStore, FinishedVideo, ahead
 from ava_keyframes.labelmap import LabelMap, default_labelmap_path, read_labelmap
 from ava_keyframes.media import decoder_info
 from ava_keyframes.plan import (
@@ -54,6 +53,7 @@ from ava_keyframes.plan import (
 )
 from ava_keyframes.settings import ALLOW_MISSING_ENV, FetchSettings
 from ava_keyframes.sources import FetchResult
+from ava_keyframes.writer_settings import shard_sizes, shuffle_buffer
 
 ANNOTATIONS_URL = "https://s3.amazonaws.com/ava-dataset/annotations/ava_v{version}.zip"
 ANNOTATIONS_URL_ENV = "AVA_KEYFRAMES_ANNOTATIONS_URL"
@@ -165,38 +165,36 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
         return options
 
 
-def video_examples(
-    job: VideoJob, fetched: FetchResult, work: VideoWork, outcome: VideoOutcome
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Examples of one video, from one extraction pass; ``outcome`` is updated as they go."""
+def video_examples(job: VideoJob, fetched: FetchResult, finished: FinishedVideo | None,
+                   work: VideoWork, outcome: VideoOutcome) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Examples of one video, from its stored frames; ``outcome`` is updated as they go."""
     outcome.fetch_mode, outcome.bytes_fetched = fetched.fetch_mode, fetched.bytes_fetched
     outcome.note = fetched.note
-    if fetched.path is None:
+    if fetched.path is None or finished is None:
         outcome.unavailable, outcome.transient = fetched.reason, fetched.transient
         outcome.skipped[VIDEO_LOST if fetched.transient else VIDEO_UNAVAILABLE] = outcome.selected
         return
     persons_at = dict(job.keyframes)
-    try:
-        for second, frame, clip in work.extract(job, fetched):
-            outcome.written += 1
-            yield keyframe_key(job.video_id, second), features.example(
-                job.video_id, second, persons_at[second], frame, work.labelmap, clip)
-    except KeyframeError as error:  # MissingKeyframes included: the frames before it are kept
-        outcome.error = str(error)
+    for frame in finished.frames():
+        outcome.written += 1
+        yield keyframe_key(job.video_id, frame.second), features.example(
+            job.video_id, persons_at[frame.second], frame, work.labelmap)
+    if finished.error is not None:  # MissingKeyframes included: the frames before it are kept
+        outcome.error = finished.error
         outcome.skipped[FRAME_MISSING] = outcome.selected - outcome.written
 
 
-def _prefetched(fetch: Callable[[VideoJob], FetchResult], jobs: Iterable[VideoJob]
-                ) -> Iterator[FetchResult]:
-    """``fetch(job)`` for each job in order, the next one running while the caller works."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ava-fetch") as pool:
-        pending = deque()
-        for job in jobs:
-            pending.append(pool.submit(fetch, job))
-            if len(pending) > 1:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+def _finished_job(job: VideoJob, work: VideoWork, store: FinishedStore,
+                  encode: Callable[[Any], bytes]) -> tuple[FetchResult, FinishedVideo | None]:
+    """The job's video fetched, then its frames decoded and JPEG-encoded into ``store`` (or
+    found there, from an earlier run of the same build: then nothing is decoded again)."""
+    fetched = _fetch_job(job, work)
+    if fetched.path is None:
+        return fetched, None
+    try:
+        return fetched, store.finish(job, fetched, work, encode)
+    except CacheError as error:
+        raise _user_error(BuildError(str(error))) from None
 
 
 def _fetch_job(job: VideoJob, work: VideoWork) -> FetchResult:
@@ -218,7 +216,8 @@ def _fetch_job(job: VideoJob, work: VideoWork) -> FetchResult:
         raise _user_error(BuildError(str(error))) from None
 
 
-def _beam_video(job: VideoJob, work: VideoWork, data_dir: str):
+def _beam_video(job: VideoJob, work: VideoWork, data_dir: str, store: FinishedStore,
+                encode: Callable[[Any], bytes]):
     """Beam: one video -> its examples, then its VideoOutcome on the side output. Remote
     inputs are staged on the worker's disk for the video's time (see beam_run)."""
     from ava_keyframes import beam_run
@@ -227,7 +226,8 @@ def _beam_video(job: VideoJob, work: VideoWork, data_dir: str):
     beam_run.mark_started(data_dir)
     outcome = VideoOutcome(job.split, job.video_id, len(job.keyframes))
     with beam_run.staged(work, job.video_id) as local:
-        yield from video_examples(job, _fetch_job(job, local), local, outcome)
+        yield from video_examples(job, *_finished_job(job, local, store, encode), local,
+                                  outcome)
     yield beam.pvalue.TaggedOutput(_OUTCOME_TAG, outcome.to_json())
 
 
@@ -235,7 +235,8 @@ def _write_outcomes(outcomes: list[dict[str, Any]], path: str) -> None:
     epath.Path(path).write_text(json.dumps(outcomes))
 
 
-def _beam_split(pipeline, jobs: list[VideoJob], work: VideoWork, outcomes_path: str):
+def _beam_split(pipeline, jobs: list[VideoJob], work: VideoWork, store: FinishedStore,
+                encode: Callable[[Any], bytes], outcomes_path: str):
     """Beam: fan the videos out, one element each; outcomes are written to ``outcomes_path``."""
     from ava_keyframes import beam_run
 
@@ -246,7 +247,7 @@ def _beam_split(pipeline, jobs: list[VideoJob], work: VideoWork, outcomes_path: 
         pipeline
         | "Videos" >> beam.Create(jobs)
         | "Spread" >> beam.Reshuffle()
-        | "Extract" >> beam.FlatMap(_beam_video, work, data_dir)
+        | "Extract" >> beam.FlatMap(_beam_video, work, data_dir, store, encode)
         .with_outputs(_OUTCOME_TAG, main="examples")
     )
     _ = (
@@ -318,10 +319,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._outcomes: list[VideoOutcome] = []
         download_dir = Path(dl_manager.download_dir)
         try:
-            if self._use_beam:
-                self._beam_download_and_prepare(dl_manager, download_config)
-            else:
-                super()._download_and_prepare(dl_manager, download_config)
+            with shuffle_buffer():
+                config = shard_sizes(download_config)
+                if self._use_beam:
+                    self._beam_download_and_prepare(dl_manager, config)
+                else:
+                    super()._download_and_prepare(dl_manager, config)
         finally:  # TFDS makes them whether or not anything is downloaded
             _remove_empty_folders(download_dir / "extracted", download_dir)
         if not self._plans:  # max_examples_per_split=0: nothing generated, nothing to report
@@ -336,6 +339,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if download_config.max_examples_per_split is None:
             self._check_counts(report)
         self._finish_report(report, data_dir)
+        self._finished.remove()  # the dataset is complete: a rerun has nothing to resume
 
     def _beam_download_and_prepare(self, dl_manager, download_config) -> None:
         from ava_keyframes import beam_run
@@ -387,6 +391,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._settings = FetchSettings.resolve(
             cache_dir=dl_manager.download_dir / "ava_keyframes_videos", manual_dir=manual_dir,
             config={"allow_missing": config.allow_missing})
+        self._finished = FinishedStore(self._settings.cache_dir, {
+            "dataset": self.info.full_name, "options": config.options(),
+            "decoder": decoder_info()})
         work = VideoWork(
             fetch=self._settings,
             max_side=config.max_side,
@@ -407,21 +414,31 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if self._use_beam:
             beam = tfds.core.lazy_imports.apache_beam
             outcomes_path = epath.Path(self.data_dir) / f"{split}{_OUTCOMES_SUFFIX}"
-            return beam.ptransform_fn(_beam_split)(jobs, work, str(outcomes_path))
+            return beam.ptransform_fn(_beam_split)(jobs, work, self._finished, self._encode,
+                                                   str(outcomes_path))
         return self._walk_videos(split, jobs, work)
 
+    @property
+    def _encode(self) -> Callable[[Any], bytes]:  # array -> JPEG, as the feature stores it
+        return self.info.features["image"].encode_example
+
     def _walk_videos(self, split: str, jobs: list[VideoJob], work: VideoWork):
-        fetched = _prefetched(functools.partial(_fetch_job, work=work), jobs)
-        outcomes = []
+        finished = ahead(functools.partial(
+            _finished_job, work=work, store=self._finished, encode=self._encode), jobs)
+        outcomes, resumed = [], 0
         progress = console.VideoProgress(f"{self.info.full_name} {split}", len(jobs))
         try:
-            for job, result in zip(jobs, fetched, strict=True):
+            for job, (fetched, stored) in zip(jobs, finished, strict=True):
                 outcomes.append(VideoOutcome(job.split, job.video_id, len(job.keyframes)))
                 self._outcomes.append(outcomes[-1])
-                yield from video_examples(job, result, work, outcomes[-1])
+                resumed += stored is not None and stored.resumed
+                yield from video_examples(job, fetched, stored, work, outcomes[-1])
                 progress.update(outcomes[-1])
         finally:
             progress.close()
+        if resumed:
+            print(f"{self.info.full_name} {split}: {resumed} video(s) finished by an earlier "
+                  f"run of this build, not decoded again", flush=True)
         if not any(outcome.written for outcome in outcomes):  # TFDS cannot write an empty split
             problems = [f"{o.video_id}: {o.unavailable or o.error}" for o in outcomes]
             raise _user_error(BuildError(

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ava_keyframes.annotations import Person
-from ava_keyframes.frames import Clip
+from ava_keyframes.finished import EncodedFrame
 from ava_keyframes.labelmap import LabelMap
 from ava_keyframes.plan import pixel_box
 
@@ -82,14 +82,15 @@ def keyframe_features(class_names: Sequence[str], clip_length: int | None = None
     return tfds.features.FeaturesDict(features)
 
 
-def example(video_id: str, second: int, persons: Sequence[Person], frame: np.ndarray,
-            labelmap: LabelMap, clip: Clip | None = None) -> dict[str, Any]:
-    """One example of :func:`keyframe_features` (with ``clip``: of a clip config)."""
-    height, width = frame.shape[:2]
+def example(video_id: str, persons: Sequence[Person], frame: EncodedFrame,
+            labelmap: LabelMap) -> dict[str, Any]:
+    """One example of :func:`keyframe_features` from a stored keyframe (with its clip's
+    frames in a clip config)."""
+    width, height = frame.width, frame.height
     values = {
-        "image": frame,
+        "image": frame.jpeg,
         "video_id": video_id,
-        "timestamp": second,
+        "timestamp": frame.second,
         "objects": [
             {
                 "bbox": tfds.features.BBox(
@@ -102,6 +103,6 @@ def example(video_id: str, second: int, persons: Sequence[Person], frame: np.nda
             for person in persons
         ],
     }
-    if clip is not None:
-        values["clip"], values["clip_padded"] = clip.frames, clip.padded
+    if frame.clip is not None:
+        values["clip"], values["clip_padded"] = frame.clip, frame.clip_padded
     return values

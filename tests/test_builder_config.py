@@ -7,11 +7,13 @@ import subprocess
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from builder_support import DATASET_FOLDER, LABELMAP, TFDS_CLI
 
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
 from ava_keyframes import plan
+from ava_keyframes.finished import FinishedStore
 from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import FetchResult
 from ava_keyframes.stamp import read_frame_stamp
@@ -98,8 +100,12 @@ def test_clips_are_padded_and_counted_at_both_edges(tmp_path):
                           clip=(8, 16, 72))
     outcome = plan.VideoOutcome("train", "0ogRTCEBL0p", 3)
     fetched = FetchResult("0ogRTCEBL0p", "cached", video, "local", None, fetch_mode="local")
-    examples = dict(builder_module.video_examples(_dummy_job("0ogRTCEBL0p", (1, 3)), fetched,
-                                                  work, outcome))
+    job = _dummy_job("0ogRTCEBL0p", (1, 3))
+    store = FinishedStore(tmp_path / "cache", {"test": "clips"})
+    stored = store.finish(job, fetched, work, builder_module.Builder(
+        config="v2.2_clips8x8", data_dir=tmp_path / "data").info.features["image"].encode_example)
+    examples = {key: _decoded(example) for key, example in
+                builder_module.video_examples(job, fetched, stored, work, outcome)}
     first, last = examples["0ogRTCEBL0p_0001"], examples["0ogRTCEBL0p_0003"]
     # times 1 + (k - 4) * 16/30: -1.13, -0.6, -0.07 (before the first frame), 0.47, 1.0, ...
     assert [read_frame_stamp(f) for f in first["clip"]] == [0, 0, 0, 5, 10, 16, 21, 26]
@@ -108,6 +114,14 @@ def test_clips_are_padded_and_counted_at_both_edges(tmp_path):
     assert [read_frame_stamp(f) for f in last["clip"]] == [9, 14, 20, 25, 30, 36, 39, 39]
     assert last["clip_padded"] == 2 and first["clip"].shape == (8, 72, 96, 3)
     assert outcome.written == 2 and not outcome.skipped
+
+
+def _decoded(example: dict) -> dict:
+    """``example`` with its stored JPEGs decoded to arrays."""
+    decoded = {**example, "image": tf.io.decode_jpeg(example["image"]).numpy()}
+    if "clip" in example:
+        decoded["clip"] = np.stack([tf.io.decode_jpeg(f).numpy() for f in example["clip"]])
+    return decoded
 
 
 def test_an_unusable_cache_is_a_one_line_build_error(tmp_path, monkeypatch):
