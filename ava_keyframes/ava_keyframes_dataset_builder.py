@@ -294,6 +294,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """TFDS's, except that under a plain ``tfds build`` (every config) a config whose
         annotations cannot be found is skipped with one line rather than failing the run,
         and the clip configs are left out (built only when named: the same videos again)."""
+        console.plain_tfds_bars()
         every_config = tfds_builds_every_config()
         if every_config and self.builder_config.clip_length:
             print(f"{self.info.full_name}: not built: clip configs are built only when named "

@@ -23,6 +23,16 @@ if TYPE_CHECKING:
 _LAST: list[str] = []
 
 
+def plain_tfds_bars() -> None:
+    """Inside ``tfds build`` with stderr not a terminal, turn TFDS's own progress bars off:
+    they would fill a log with carriage returns and cursor moves, and glue our lines to
+    theirs. (A notebook's stderr is no terminal either, hence only under ``tfds build``.)"""
+    if tfds_build_args() is not None and not sys.stderr.isatty():
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
+
+
 def summary(lines: list[str]) -> None:
     """Print ``lines`` (what a build could not get): at once when called from Python, at the
     end of the process inside ``tfds build``."""
