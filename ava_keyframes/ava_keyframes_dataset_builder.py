@@ -62,6 +62,10 @@ REPORT_FILENAME = "build_report.json"
 _OUTCOMES_SUFFIX = ".outcomes.json"
 _OUTCOME_TAG = "outcome"
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one folder name, never '..'
+# A clip is held whole in memory while it is encoded: 128 frames at 1080 px (1920 px long
+# side) are 0.8 GB; the published clip configs use 8 and 32 frames at 256 px.
+MAX_CLIP_LENGTH = 128
+MAX_CLIP_SHORT_SIDE = 1080
 _REACH_TIMEOUT = 10.0  # seconds to connect to the annotations' host before giving up
 _SKIPPED_IN_RUN: set[str] = set()  # configs a plain `tfds build` skipped in this process
 
@@ -117,13 +121,15 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
                          "'_', '-', starting with a letter or digit (it names a folder)")
         if self.ava_version not in ("2.1", "2.2"):
             self._refuse(f"ava_version must be '2.1' or '2.2', not {self.ava_version!r}")
-        for option in ("max_per_video", "max_side", "clip_length", "clip_stride"):
+        for option in ("max_per_video", "max_side", "clip_stride"):
             value = getattr(self, option)
             if value is not None and (type(value) is not int or value < 1):
                 self._refuse(f"{option} must be a positive integer or null, not {value!r}")
-        if type(self.clip_short_side) is not int or self.clip_short_side < 1:
-            self._refuse(f"clip_short_side must be a positive integer, not "
-                         f"{self.clip_short_side!r}")
+        for option, most in (("clip_length", MAX_CLIP_LENGTH),
+                             ("clip_short_side", MAX_CLIP_SHORT_SIDE)):
+            value = getattr(self, option)
+            if value is not None and (type(value) is not int or not 1 <= value <= most):
+                self._refuse(f"{option} must be an integer in 1..{most}, not {value!r}")
         if (self.clip_length is None) != (self.clip_stride is None):
             self._refuse("clip_length and clip_stride go together: both positive integers "
                          "(a clip config) or both null")
