@@ -122,7 +122,7 @@ def test_clip_options_are_validated():
     # Bounded before anything is allocated (1000000 frames once asked for 244 GiB).
     with pytest.raises(ValueError, match="clip_length must be an integer in 1..128, not 1000000"):
         builder_module.AvaKeyframesConfig(name="x", clip_length=1_000_000, clip_stride=2)
-    with pytest.raises(ValueError, match="clip_short_side must be an integer in 1..1080, not 100000"):
+    with pytest.raises(ValueError, match="clip_short_side .* not 100000"):
         builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=2,
                                           clip_short_side=100_000)
 
