@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ava_keyframes.labelmap import INT32_MAX, LabelMap
+from ava_keyframes.textio import read_bounded
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -160,13 +161,16 @@ class Annotations:
         }
 
 
-def _read_lines(path: Path, *, may_be_empty: bool = False) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise AnnotationError(f"{path}: cannot read ({error})") from None
+MAX_CSV_BYTES = 256 * 2**20
+"""Default size limit of an AVA CSV: reading takes about 20 times a file's size in memory, so
+this bounds a read near 5 GB (the official train file is 50 MB); ``max_bytes`` raises it."""
+MAX_LINE_BYTES = 4096  # an AVA row is under 100 bytes
+
+
+def _read_lines(path: Path, *, may_be_empty: bool = False,
+                max_bytes: int = MAX_CSV_BYTES) -> list[str]:
+    text = read_bounded(path, max_bytes, "an AVA CSV", AnnotationError, MAX_LINE_BYTES,
+                        raise_limit="max_bytes; evaluate --max-csv-mb")
     lines = text.splitlines()
     if not may_be_empty and not any(line.strip() for line in lines):
         raise AnnotationError(f"{path}: empty file, no AVA rows")
@@ -253,18 +257,20 @@ def read_annotations(
     labelmap: LabelMap | None = None,
     excluded: set[Keyframe] | None = None,
     kind: str = "groundtruth",
+    max_bytes: int = MAX_CSV_BYTES,
 ) -> Annotations:
     """Read an AVA ground-truth or detections CSV, validating every row.
 
     Ground truth: coordinates outside [0, 1] by at most 0.01 are clipped, further out the row
     is rejected. Detections keep their coordinates as given (the official evaluator does not
     clip them) and need a numeric score in the 8th column. Rows with an action not in
-    ``labelmap`` or on a keyframe in ``excluded`` are rejected with that reason.
+    ``labelmap`` or on a keyframe in ``excluded`` are rejected with that reason. A file over
+    ``max_bytes`` or with a line over ``MAX_LINE_BYTES`` is refused before it fills memory.
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
     path = Path(path)
-    frame, columns, line_numbers, ascii_only = _split_fields(_read_lines(path))
+    frame, columns, line_numbers, ascii_only = _split_fields(_read_lines(path, max_bytes=max_bytes))
     check = _Validator(len(columns))
     _check_column_counts(check, columns, kind)
     video_id = np.array([v.strip() for v in frame["video_id"].tolist()], dtype=object)

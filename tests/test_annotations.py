@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +163,20 @@ def test_empty_and_missing_files_raise_one_line_errors(tmp_path):
         read_annotations(tmp_path / "missing.csv")
     with pytest.raises(AnnotationError, match="cannot read"):
         read_annotations(write(tmp_path, "x", encoding="utf-16"))
+
+
+@pytest.mark.parametrize("reader", [read_annotations, read_excluded])
+def test_readers_refuse_endless_lines_and_large_files_with_bounded_memory(tmp_path, reader):
+    # /dev/zero once took an evaluation to 23 GB; now the first long line ends the read.
+    for source in (Path("/dev/zero"), write(tmp_path, "\0" * 10_000)):
+        if source.exists():
+            with pytest.raises(AnnotationError, match=r"a line longer than 4,096 bytes"):
+                reader(source)
+    rows = write(tmp_path, "aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,1\n" * 100)  # 3,700 bytes
+    assert len(read_annotations(rows, max_bytes=4000).table) == 100
+    with pytest.raises(AnnotationError, match=r"more than the 3,000 bytes allowed for an AVA "
+                       r"CSV \(max_bytes; evaluate --max-csv-mb\)"):
+        read_annotations(rows, max_bytes=3000)
 
 
 def test_excluded_timestamps(ava_data, tmp_path):
