@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -374,3 +374,52 @@ def _checked_boxes(check: _Validator, frame: dict[str, np.ndarray], boxed: np.nd
         check.fail(boxed & (boxes["x2"] <= boxes["x1"]), "x2", "x2 <= x1")
         check.fail(boxed & (boxes["y2"] <= boxes["y1"]), "y2", "y2 <= y1")
     return boxes
+
+
+# --- the same formats written, and the files' names ---
+
+_SPLIT_FILE = re.compile(r"ava_(?P<split>train|val|test)_v(?P<version>\d+\.\d+)\.csv")
+_DIGITS = {"groundtruth": ("{:.3f}", "{}"), "detections": ("{:.4f}", "{:.6f}")}
+
+
+def annotation_csv_name(split: str, version: str) -> str:
+    """An official split's annotation CSV as the AVA zip names it: ``ava_val_v2.2.csv``
+    (``split`` is train, val or test)."""
+    return f"ava_{split}_v{version}.csv"
+
+
+def excluded_csv_name(split: str, version: str) -> str:
+    """The split's excluded-timestamps CSV: ``ava_val_excluded_timestamps_v2.2.csv``."""
+    return f"ava_{split}_excluded_timestamps_v{version}.csv"
+
+
+def companion_excluded_name(annotation_csv: str) -> str | None:
+    """The excluded-timestamps name that goes with an official annotation CSV's name
+    (``ava_val_v2.2.csv`` -> ``ava_val_excluded_timestamps_v2.2.csv``); None for another name."""
+    match = _SPLIT_FILE.fullmatch(annotation_csv)
+    return None if match is None else excluded_csv_name(match["split"], match["version"])
+
+
+def format_row(video_id: str, second: int, box: Iterable[float], action_id: int,
+               last: float, kind: str = "groundtruth") -> str:
+    """One AVA CSV line: ``video_id,ssss,x1,y1,x2,y2,action_id,person_id`` (ground truth,
+    coordinates to 3 decimals as in AVA's files) or ``...,action_id,score`` (detections,
+    coordinates to 4 and scores to 6 decimals)."""
+    coordinate, tail = _DIGITS[kind]
+    return ",".join([video_id, f"{int(second):04d}",
+                     *(coordinate.format(float(v)) for v in box), str(int(action_id)),
+                     tail.format(last)]) + "\n"
+
+
+def write_rows(path: str | Path, rows: Iterable[tuple], kind: str = "groundtruth") -> None:
+    """Write AVA CSV rows ``(video_id, second, x1, y1, x2, y2, action_id, person_id or
+    score)`` in the form ``read_annotations`` reads (no header, normalized boxes)."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.writelines(format_row(v, s, box, a, last, kind)
+                          for v, s, *box, a, last in rows)
+
+
+def write_excluded(path: str | Path, keyframes: Iterable[Keyframe]) -> None:
+    """An excluded-timestamps CSV: ``video_id,ssss`` per keyframe, in order."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.writelines(f"{v},{s:04d}\n" for v, s in sorted(keyframes))
