@@ -35,7 +35,13 @@ from etils import epath
 # The module, not its names: `import ava_keyframes.features` first imports TFDS, whose import
 # registers this builder (see __init__) while features is still half-initialized.
 from ava_keyframes import features
-from ava_keyframes.annotations import keyframe_key, read_annotations, read_excluded
+from ava_keyframes.annotations import (
+    annotation_csv_name,
+    excluded_csv_name,
+    keyframe_key,
+    read_annotations,
+    read_excluded,
+)
 from ava_keyframes.cache import CacheError
 from ava_keyframes.frames import KeyframeError
 from ava_keyframes.labelmap import LabelMap, default_labelmap_path, read_labelmap
@@ -44,11 +50,14 @@ from ava_keyframes.plan import (
     FRAME_MISSING,
     VIDEO_LOST,
     VIDEO_UNAVAILABLE,
+    DataDirBusy,
     SplitPlan,
     VideoJob,
     VideoOutcome,
     VideoWork,
+    build_lock,
     build_report,
+    loss_lines,
     tfds_build_args,
     tfds_builds_every_config,
 )
@@ -154,10 +163,8 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     def split_files(self) -> dict[str, tuple[str, str]]:
         """Split name -> (annotation CSV, excluded-timestamps CSV), named as in the zip."""
         v = self.ava_version
-        return {
-            "train": (f"ava_train_v{v}.csv", f"ava_train_excluded_timestamps_v{v}.csv"),
-            "validation": (f"ava_val_v{v}.csv", f"ava_val_excluded_timestamps_v{v}.csv"),
-        }
+        return {split: (annotation_csv_name(name, v), excluded_csv_name(name, v))
+                for split, name in (("train", "train"), ("validation", "val"))}
 
     def options(self) -> dict[str, Any]:
         options = {"max_per_video": self.max_per_video, "max_side": self.max_side}
@@ -289,7 +296,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                   f"(--config {self.builder_config.name})", flush=True)
             return
         try:
-            super().download_and_prepare(**kwargs)
+            with build_lock(str(self._data_dir_root), self.name):
+                super().download_and_prepare(**kwargs)
+        except DataDirBusy as busy:
+            raise _user_error(busy) from None
         except AnnotationsMissing as missing:
             if not every_config:
                 raise _user_error(missing) from None
@@ -341,6 +351,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 f"is gone, or accept the loss with {ALLOW_MISSING_ENV}=1"))
         failed_report.unlink(missing_ok=True)
         (data_dir / REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
+        for line in loss_lines(report, str(data_dir / REPORT_FILENAME)):
+            print(line)
         for split, counts in report["splits"].items():
             missing = {**counts["videos_unavailable"], **counts["videos_lost"]}
             for video_id, reason in sorted(missing.items()):

@@ -111,6 +111,30 @@ def test_tfds_build_refuses_a_config_named_like_a_path_in_one_line(tmp_path):
     assert not any(path.is_file() for path in tmp_path.rglob("*"))  # nothing written at all
 
 
+def test_every_keyframe_not_written_is_counted_on_the_console_with_the_report_path():
+    split = {"keyframes_annotated": 22, "keyframes_written": 10,
+             "keyframes_skipped": {plan.FRAME_MISSING: 11, plan.VIDEO_UNAVAILABLE: 1}}
+    report = {"dataset": "ava_keyframes/v2.2/1.0.0",
+              "splits": {"train": split, "validation": {**split, "keyframes_skipped": {}}}}
+    assert plan.loss_lines(report, "/data/build_report.json") == [
+        f"ava_keyframes/v2.2/1.0.0 train: 12 of 22 keyframes not written (11 "
+        f"{plan.FRAME_MISSING}, 1 {plan.VIDEO_UNAVAILABLE}); see /data/build_report.json"]
+
+
+def test_a_second_build_into_one_data_dir_is_refused_in_one_line(tmp_path):
+    import fcntl
+
+    builder = builder_module.Builder(config="v2.2", data_dir=str(tmp_path))
+    with plan.build_lock(str(tmp_path), builder.name):  # the first build, still running
+        lock = tmp_path / f".{builder.name}.build.lock"
+        with pytest.raises(plan.DataDirBusy, match=f"another build of ava_keyframes is writing "
+                           f"into this data dir \\({re.escape(str(lock))} is locked\\)"):
+            builder.download_and_prepare()
+        assert not (tmp_path / builder.name).exists()  # nothing written by the second
+    with open(lock) as handle:  # released when the first ends
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def test_clip_options_are_validated():
     with pytest.raises(ValueError, match="clip_length and clip_stride go together"):
         builder_module.AvaKeyframesConfig(name="x", clip_length=8)
