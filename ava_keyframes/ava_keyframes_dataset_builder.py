@@ -36,6 +36,7 @@ from etils import epath
 # registers this builder (see __init__) while features is still half-initialized.
 from ava_keyframes import features
 from ava_keyframes.annotations import (
+    AnnotationError,
     annotation_csv_name,
     excluded_csv_name,
     keyframe_key,
@@ -378,8 +379,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
         generators = {}
         for split, (csv_name, excluded_name) in config.split_files().items():
-            excluded = read_excluded(annotations_dir / excluded_name)
-            annotations = read_annotations(annotations_dir / csv_name, labelmap, excluded)
+            try:
+                excluded = read_excluded(annotations_dir / excluded_name)
+                annotations = read_annotations(annotations_dir / csv_name, labelmap, excluded)
+            except AnnotationError as error:  # empty, unreadable, too large: one line
+                raise _user_error(error) from None
             plan = SplitPlan.from_annotations(split, annotations, config.max_per_video)
             self._plans[split] = plan
             generators[split] = self._generate_examples(split=split, jobs=plan.jobs, work=work)

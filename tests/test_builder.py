@@ -135,6 +135,22 @@ def test_a_second_build_into_one_data_dir_is_refused_in_one_line(tmp_path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+@pytest.mark.slow
+def test_tfds_build_with_an_empty_annotation_csv_is_one_line(tmp_path):
+    annotations = tmp_path / "manual" / "annotations"
+    annotations.mkdir(parents=True)
+    for name in ("ava_train_v2.2.csv", "ava_train_excluded_timestamps_v2.2.csv",
+                 "ava_val_v2.2.csv", "ava_val_excluded_timestamps_v2.2.csv"):
+        (annotations / name).write_text("")
+    cmd = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes", "--config", "v2.2",
+           "--manual_dir", str(tmp_path / "manual"), "--data_dir", str(tmp_path / "data")]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,  # noqa: S603
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ava_keyframes: error: {annotations / 'ava_train_v2.2.csv'}: empty file, no AVA rows")
+
+
 def test_clip_options_are_validated():
     with pytest.raises(ValueError, match="clip_length and clip_stride go together"):
         builder_module.AvaKeyframesConfig(name="x", clip_length=8)
