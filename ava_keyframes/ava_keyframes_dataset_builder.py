@@ -125,6 +125,15 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     clip_stride: int | None = None
     clip_short_side: int = 256
 
+    def __new__(cls, *args: Any, **options: Any) -> AvaKeyframesConfig:
+        """Refuse unknown options in one line (TFDS calls the class with a ``--config`` JSON's
+        keys, and a stray key was a TypeError traceback)."""
+        unknown = sorted(set(options) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            cls._refuse(f"unknown config option(s) {', '.join(map(repr, unknown))}; known: "
+                        f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _CONFIG_NAME.fullmatch(self.name):
             self._refuse(f"config name {self.name!r}: expected 1 to 64 of A-Z, a-z, 0-9, '.', "

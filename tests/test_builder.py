@@ -95,6 +95,8 @@ def test_custom_config_options_are_validated():
         builder_module.AvaKeyframesConfig(name="x", max_side=True)  # a bool is no integer
     with pytest.raises(ValueError, match="allow_missing must be true or false"):
         builder_module.AvaKeyframesConfig(name="x", allow_missing=1)
+    with pytest.raises(ValueError, match="unknown config option.s. 'foo'; known: name, "):
+        builder_module.AvaKeyframesConfig(name="x", foo=1)  # once a TypeError traceback
 
 
 @pytest.mark.slow
