@@ -1,4 +1,6 @@
-"""AVA CSV rows -> validated table and multi-label keyframes, with a row-level report.
+"""AVA's CSV formats, both ways: rows -> validated table and multi-label keyframes, with a
+row-level report; and rows, detections and excluded timestamps written, with the companion
+files' names. The one place that knows these formats (synth, predict and evaluation call it).
 
 A row is ``video_id, middle_frame_timestamp, x1, y1, x2, y2, action_id[, person_id]``
 (ground truth, 7 or 8 columns) or ``..., action_id, score`` (detections, 8 columns); a
