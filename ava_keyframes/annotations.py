@@ -1,4 +1,6 @@
-"""AVA CSV rows -> validated table and multi-label keyframes, with a row-level report.
+"""AVA's CSV formats, both ways: rows -> validated table and multi-label keyframes, with a
+row-level report; and rows, detections and excluded timestamps written, with the companion
+files' names. The one place that knows these formats (synth, predict and evaluation call it).
 
 A row is ``video_id, middle_frame_timestamp, x1, y1, x2, y2, action_id[, person_id]``
 (ground truth, 7 or 8 columns) or ``..., action_id, score`` (detections, 8 columns); a
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,7 @@ import numpy as np
 from etils import epath
 
 from ava_keyframes.labelmap import INT32_MAX, LabelMap
+from ava_keyframes.textio import read_bounded
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,13 +164,16 @@ class Annotations:
         }
 
 
-def _read_lines(path: epath.Path, *, may_be_empty: bool = False) -> list[str]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # epath's read_text drops the encoding
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise AnnotationError(f"{path}: cannot read ({error})") from None
+MAX_CSV_BYTES = 256 * 2**20
+"""Default size limit of an AVA CSV: reading takes about 20 times a file's size in memory, so
+this bounds a read near 5 GB (the official train file is 50 MB); ``max_bytes`` raises it."""
+MAX_LINE_BYTES = 4096  # an AVA row is under 100 bytes
+
+
+def _read_lines(path: epath.Path, *, may_be_empty: bool = False,
+                max_bytes: int = MAX_CSV_BYTES) -> list[str]:
+    text = read_bounded(path, max_bytes, "an AVA CSV", AnnotationError, MAX_LINE_BYTES,
+                        raise_limit="max_bytes; evaluate --max-csv-mb")
     lines = text.splitlines()
     if not may_be_empty and not any(line.strip() for line in lines):
         raise AnnotationError(f"{path}: empty file, no AVA rows")
@@ -254,18 +260,21 @@ def read_annotations(
     labelmap: LabelMap | None = None,
     excluded: set[Keyframe] | None = None,
     kind: str = "groundtruth",
+    max_bytes: int = MAX_CSV_BYTES,
 ) -> Annotations:
     """Read an AVA ground-truth or detections CSV, validating every row.
 
     Ground truth: coordinates outside [0, 1] by at most 0.01 are clipped, further out the row
     is rejected. Detections keep their coordinates as given (the official evaluator does not
     clip them) and need a numeric score in the 8th column. Rows with an action not in
-    ``labelmap`` or on a keyframe in ``excluded`` are rejected with that reason.
+    ``labelmap`` or on a keyframe in ``excluded`` are rejected with that reason. A file over
+    ``max_bytes`` or with a line over ``MAX_LINE_BYTES`` is refused before it fills memory.
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
     path = epath.Path(path)  # gs://... too (a remote --manual_dir)
-    frame, columns, line_numbers, ascii_only = _split_fields(_read_lines(path))
+    frame, columns, line_numbers, ascii_only = _split_fields(_read_lines(path,
+                                                                         max_bytes=max_bytes))
     check = _Validator(len(columns))
     _check_column_counts(check, columns, kind)
     video_id = np.array([v.strip() for v in frame["video_id"].tolist()], dtype=object)
@@ -369,3 +378,52 @@ def _checked_boxes(check: _Validator, frame: dict[str, np.ndarray], boxed: np.nd
         check.fail(boxed & (boxes["x2"] <= boxes["x1"]), "x2", "x2 <= x1")
         check.fail(boxed & (boxes["y2"] <= boxes["y1"]), "y2", "y2 <= y1")
     return boxes
+
+
+# --- the same formats written, and the files' names ---
+
+_SPLIT_FILE = re.compile(r"ava_(?P<split>train|val|test)_v(?P<version>\d+\.\d+)\.csv")
+_DIGITS = {"groundtruth": ("{:.3f}", "{}"), "detections": ("{:.4f}", "{:.6f}")}
+
+
+def annotation_csv_name(split: str, version: str) -> str:
+    """An official split's annotation CSV as the AVA zip names it: ``ava_val_v2.2.csv``
+    (``split`` is train, val or test)."""
+    return f"ava_{split}_v{version}.csv"
+
+
+def excluded_csv_name(split: str, version: str) -> str:
+    """The split's excluded-timestamps CSV: ``ava_val_excluded_timestamps_v2.2.csv``."""
+    return f"ava_{split}_excluded_timestamps_v{version}.csv"
+
+
+def companion_excluded_name(annotation_csv: str) -> str | None:
+    """The excluded-timestamps name that goes with an official annotation CSV's name
+    (``ava_val_v2.2.csv`` -> ``ava_val_excluded_timestamps_v2.2.csv``); None for another name."""
+    match = _SPLIT_FILE.fullmatch(annotation_csv)
+    return None if match is None else excluded_csv_name(match["split"], match["version"])
+
+
+def format_row(video_id: str, second: int, box: Iterable[float], action_id: int,
+               last: float, kind: str = "groundtruth") -> str:
+    """One AVA CSV line: ``video_id,ssss,x1,y1,x2,y2,action_id,person_id`` (ground truth,
+    coordinates to 3 decimals as in AVA's files) or ``...,action_id,score`` (detections,
+    coordinates to 4 and scores to 6 decimals)."""
+    coordinate, tail = _DIGITS[kind]
+    return ",".join([video_id, f"{int(second):04d}",
+                     *(coordinate.format(float(v)) for v in box), str(int(action_id)),
+                     tail.format(last)]) + "\n"
+
+
+def write_rows(path: str | Path, rows: Iterable[tuple], kind: str = "groundtruth") -> None:
+    """Write AVA CSV rows ``(video_id, second, x1, y1, x2, y2, action_id, person_id or
+    score)`` in the form ``read_annotations`` reads (no header, normalized boxes)."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.writelines(format_row(v, s, box, a, last, kind)
+                          for v, s, *box, a, last in rows)
+
+
+def write_excluded(path: str | Path, keyframes: Iterable[Keyframe]) -> None:
+    """An excluded-timestamps CSV: ``video_id,ssss`` per keyframe, in order."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.writelines(f"{v},{s:04d}\n" for v, s in sorted(keyframes))

@@ -34,7 +34,14 @@ from etils import epath
 # The module, not its names: `import ava_keyframes.features` first imports TFDS, whose import
 # registers this builder (see __init__) while features is still half-initialized.
 from ava_keyframes import console, features
-from ava_keyframes.annotations import keyframe_key, read_annotations, read_excluded
+from ava_keyframes.annotations import (
+    AnnotationError,
+    annotation_csv_name,
+    excluded_csv_name,
+    keyframe_key,
+    read_annotations,
+    read_excluded,
+)
 from ava_keyframes.cache import CacheError
 from ava_keyframes.finished import FinishedStore, FinishedVideo, ahead
 from ava_keyframes.labelmap import LabelMap, default_labelmap_path, read_labelmap
@@ -43,11 +50,14 @@ from ava_keyframes.plan import (
     FRAME_MISSING,
     VIDEO_LOST,
     VIDEO_UNAVAILABLE,
+    DataDirBusy,
     SplitPlan,
     VideoJob,
     VideoOutcome,
     VideoWork,
+    build_lock,
     build_report,
+    loss_lines,
     tfds_build_args,
     tfds_builds_every_config,
 )
@@ -61,6 +71,10 @@ REPORT_FILENAME = "build_report.json"
 _OUTCOMES_SUFFIX = ".outcomes.json"
 _OUTCOME_TAG = "outcome"
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one folder name, never '..'
+# A clip is held whole in memory while it is encoded: 128 frames at 1080 px (1920 px long
+# side) are 0.8 GB; the published clip configs use 8 and 32 frames at 256 px.
+MAX_CLIP_LENGTH = 128
+MAX_CLIP_SHORT_SIDE = 1080
 _REACH_TIMEOUT = 10.0  # seconds to connect to the annotations' host before giving up
 _SKIPPED_IN_RUN: set[str] = set()  # configs a plain `tfds build` skipped in this process
 # DatasetInfo.description: a summary; the full card is ava_keyframes/README.md.
@@ -115,19 +129,30 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     clip_stride: int | None = None
     clip_short_side: int = 256
 
+    def __new__(cls, *args: Any, **options: Any) -> AvaKeyframesConfig:
+        """Refuse unknown options in one line (TFDS calls the class with a ``--config`` JSON's
+        keys, and a stray key was a TypeError traceback)."""
+        unknown = sorted(set(options) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            cls._refuse(f"unknown config option(s) {', '.join(map(repr, unknown))}; known: "
+                        f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _CONFIG_NAME.fullmatch(self.name):
             self._refuse(f"config name {self.name!r}: expected 1 to 64 of A-Z, a-z, 0-9, '.', "
                          "'_', '-', starting with a letter or digit (it names a folder)")
         if self.ava_version not in ("2.1", "2.2"):
             self._refuse(f"ava_version must be '2.1' or '2.2', not {self.ava_version!r}")
-        for option in ("max_per_video", "max_side", "clip_length", "clip_stride"):
+        for option in ("max_per_video", "max_side", "clip_stride"):
             value = getattr(self, option)
             if value is not None and (type(value) is not int or value < 1):
                 self._refuse(f"{option} must be a positive integer or null, not {value!r}")
-        if type(self.clip_short_side) is not int or self.clip_short_side < 1:
-            self._refuse(f"clip_short_side must be a positive integer, not "
-                         f"{self.clip_short_side!r}")
+        for option, most in (("clip_length", MAX_CLIP_LENGTH),
+                             ("clip_short_side", MAX_CLIP_SHORT_SIDE)):
+            value = getattr(self, option)
+            if value is not None and (type(value) is not int or not 1 <= value <= most):
+                self._refuse(f"{option} must be an integer in 1..{most}, not {value!r}")
         if (self.clip_length is None) != (self.clip_stride is None):
             self._refuse("clip_length and clip_stride go together: both positive integers "
                          "(a clip config) or both null")
@@ -152,10 +177,8 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     def split_files(self) -> dict[str, tuple[str, str]]:
         """Split name -> (annotation CSV, excluded-timestamps CSV), named as in the zip."""
         v = self.ava_version
-        return {
-            "train": (f"ava_train_v{v}.csv", f"ava_train_excluded_timestamps_v{v}.csv"),
-            "validation": (f"ava_val_v{v}.csv", f"ava_val_excluded_timestamps_v{v}.csv"),
-        }
+        return {split: (annotation_csv_name(name, v), excluded_csv_name(name, v))
+                for split, name in (("train", "train"), ("validation", "val"))}
 
     def options(self) -> dict[str, Any]:
         options = {"max_per_video": self.max_per_video, "max_side": self.max_side}
@@ -301,7 +324,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                   f"(--config {self.builder_config.name})", flush=True)
             return
         try:
-            super().download_and_prepare(**kwargs)
+            with build_lock(str(self._data_dir_root), self.name):
+                super().download_and_prepare(**kwargs)
+        except DataDirBusy as busy:
+            raise _user_error(busy) from None
         except AnnotationsMissing as missing:
             if not every_config:
                 raise _user_error(missing) from None
@@ -374,10 +400,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 f"is gone, or accept the loss with {ALLOW_MISSING_ENV}=1"))
         failed_report.unlink(missing_ok=True)
         (data_dir / REPORT_FILENAME).write_text(json.dumps(report, indent=2) + "\n")
-        lines = [f"{self.info.full_name} {split}: video {video_id} missing: {reason}"
-                 for split, counts in report["splits"].items()
-                 for video_id, reason in sorted({**counts["videos_unavailable"],
-                                                 **counts["videos_lost"]}.items())]
+        lines = loss_lines(report, str(data_dir / REPORT_FILENAME))
+        lines += [f"{self.info.full_name} {split}: video {video_id} missing: {reason}"
+                  for split, counts in report["splits"].items()
+                  for video_id, reason in sorted({**counts["videos_unavailable"],
+                                                  **counts["videos_lost"]}.items())]
         if lost:
             lines.append(f"{self.info.full_name}: built without {len(lost)} video(s) lost to a "
                          f"transient cause ({ALLOW_MISSING_ENV} / allow_missing), recorded in "
@@ -404,8 +431,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
         generators = {}
         for split, (csv_name, excluded_name) in config.split_files().items():
-            excluded = read_excluded(annotations_dir / excluded_name)
-            annotations = read_annotations(annotations_dir / csv_name, labelmap, excluded)
+            try:
+                excluded = read_excluded(annotations_dir / excluded_name)
+                annotations = read_annotations(annotations_dir / csv_name, labelmap, excluded)
+            except AnnotationError as error:  # empty, unreadable, too large: one line
+                raise _user_error(error) from None
             plan = SplitPlan.from_annotations(split, annotations, config.max_per_video)
             self._plans[split] = plan
             generators[split] = self._generate_examples(split=split, jobs=plan.jobs, work=work)

@@ -61,6 +61,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # --- synth ---
+MAX_SYNTH_FPS = 240  # high-speed footage; far above AVA's 23.976..60 fps
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from ava_keyframes.media import VideoError
     from ava_keyframes.synth import make_corpus
@@ -72,6 +75,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         fps = float(args.fps)
     except ValueError:
         raise CliError(f"--fps: expected a number such as 29.97, not {args.fps!r}") from None
+    if not 1 <= fps <= MAX_SYNTH_FPS:
+        raise CliError(f"--fps: {args.fps} outside 1..{MAX_SYNTH_FPS} (every annotated second "
+                       "needs a frame of its own)")
     with user_errors(ValueError, VideoError, OSError):
         info = make_corpus(args.out, videos=args.videos, seconds=args.seconds, start=args.start,
                            fps=fps, size=(int(width), int(height)),

@@ -361,23 +361,47 @@ class Answers:
             yield run
 
     def _run(self, run: deque[int]) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Answers for one run, each held back until it is known to be decoded without
+        error (see ``media.Video.settle``): an error or corrupt frame drops every answer still
+        held (its span is reported in ``problems``), so no damaged frame is handed on."""
         frame = time = None
+        held: list[tuple[int, av.VideoFrame]] = []
+        settling = 0  # frames decoded since the latest answer was held
         wanted = _wanted([self.times[i] for i in run]) if SKIP_UNWANTED else None
         for time, frame in self.video.frames_from(self.times[run[0]], wanted):
+            settling += 1
+            if frame.key_frame or settling > self.video.settle:
+                yield from held  # decoded cleanly, and so were the frames they rest on
+                held.clear()
             while run and self.times[run[0]] <= time:
-                yield run.popleft(), frame
-            if not run:
+                held.append((run.popleft(), frame))
+                settling = 0
+            if not run and not held:
                 return
-        if frame is not None and wanted is not None and not self.video.problem:
-            # the frames after the last decoded one were skipped: decode them to find the end
-            end = deque(self.video.frames_from(time), maxlen=1)
-            if end:
-                time, frame = end[0]
         if self.video.problem:
-            self.problems.append(self.video.problem)
-        elif frame is not None:
-            self.last_frame, self.last_time = frame, time
+            self.problems.append(self._damaged(held))
+            self.unanswered += [index for index, _ in held] + list(run)
+            return
+        yield from held
+        if run and frame is not None:  # the file ended before these times
+            if wanted is not None:  # the frames after the last one decoded were skipped
+                end = deque(self.video.frames_from(time), maxlen=1)
+                if end:
+                    time, frame = end[0]
+            if self.video.problem:
+                self.problems.append(self.video.problem)
+            else:
+                self.last_frame, self.last_time = frame, time
         self.unanswered += run
+
+    def _damaged(self, held: list[tuple[int, av.VideoFrame]]) -> str:
+        """The decoder's problem, and the span of answers it cost that were already decoded
+        (frames that may rest on the damaged packet)."""
+        if not held:
+            return self.video.problem
+        first, last = (float(self.times[i] - self.origin) for i in (held[0][0], held[-1][0]))
+        return (f"{self.video.problem}; frames decoded for {first:.3f} s to {last:.3f} s "
+                "not stored (they may rest on the damaged data)")
 
     def ends_early(self) -> bool:
         """Whether the frames end early for the file's header (a truncated file)."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ava_keyframes.textio import read_bounded
+
 _TOKEN = re.compile(
     r"""(?P<space>[ \t\r\f\v]+)
       | (?P<newline>\n)
@@ -28,6 +30,7 @@ _ID_FIELDS = ("label_id", "id")
 INT32_MAX = 2**31 - 1
 """Largest class id, timestamp and person id: datasets and models store them as int32."""
 _CLOSING = {"{": "}", "<": ">"}
+MAX_LABELMAP_BYTES = 2**20  # the official maps are under 7 kB
 
 
 class LabelMapError(ValueError):
@@ -141,10 +144,8 @@ def _parse_blocks(tokens: list[tuple[str, str, int]], path: Path) -> list[tuple[
 def read_labelmap(path: str | Path) -> LabelMap:
     """Parse an AVA label map ``.pbtxt`` (``label {...}`` or ``item {...}`` form)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise LabelMapError(f"{path}: cannot read label map ({error})") from None
+    text = read_bounded(path, MAX_LABELMAP_BYTES, "an AVA label map", LabelMapError,
+                        MAX_LABELMAP_BYTES)
     ids, names, types = [], [], []
     seen: dict[int, int] = {}
     for line, fields in _parse_blocks(_tokens(text, path), path):

@@ -144,6 +144,15 @@ class Video:
         by_keys = keys[-2] if open_gop else keys[-1]
         return max(by_keys, shown[max(0, len(shown) - 1 - reorder)]) * self._time_base
 
+    @property
+    def settle(self) -> int:
+        """Frames decoded after a frame before an error in any packet it rests on has surely
+        shown: the reordering depth plus the decoder's frame threads. A damaged packet's error
+        or corrupt flag can surface that late, after frames decoded from it (a B-frame shown
+        before the P-frame it refers to, or any frame while threads still work on the damaged
+        one); a key frame decoded cleanly settles everything before it."""
+        return REORDER + max(self._stream.codec_context.thread_count, 1)
+
     def _first_frame(self) -> tuple[Fraction, Fraction]:
         """(time of the first frame decoded from the file's start, time of the first packet
         with a timestamp): where seconds count from, and how to tell a seek reached the start."""

@@ -9,7 +9,10 @@ written or under the reason it was not. Last, what a ``tfds build`` command aske
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import os
 import re
 import sys
 import threading
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ava_keyframes.annotations import Annotations, Person
+from ava_keyframes.cache import open_file
 from ava_keyframes.frames import Clip, clip_offsets, extract_clips, extract_keyframes
 from ava_keyframes.labelmap import LabelMap
 from ava_keyframes.settings import FetchSettings
@@ -186,6 +190,21 @@ def build_report(
     return report
 
 
+def loss_lines(report: dict[str, Any], report_path: str) -> list[str]:
+    """One console line per split that did not write every annotated keyframe: how many
+    were not, by reason, and where ``report_path`` has the details (so no loss is told in
+    the report alone)."""
+    lines = []
+    for split, counts in report["splits"].items():
+        skipped = counts["keyframes_skipped"]
+        if skipped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+            lines.append(f"{report['dataset']} {split}: {sum(skipped.values())} of "
+                         f"{counts['keyframes_annotated']} keyframes not written ({reasons}); "
+                         f"see {report_path}")
+    return lines
+
+
 def _split_report(plan: SplitPlan, outcomes: list[VideoOutcome | None]) -> dict[str, Any]:
     skipped: Counter[str] = Counter()
     unavailable, lost, errors, fetched = {}, {}, {}, {}
@@ -224,6 +243,33 @@ def _split_report(plan: SplitPlan, outcomes: list[VideoOutcome | None]) -> dict[
         "fetch_modes": dict(sorted(Counter(f["fetch_mode"] for f in fetched.values()).items())),
         "rejected_rows": plan.rejected_rows,
     }
+
+
+class DataDirBusy(RuntimeError):
+    """Another build holds the data dir's lock."""
+
+
+@contextlib.contextmanager
+def build_lock(root: str, name: str) -> Iterator[None]:
+    """Hold ``<data dir>/.<name>.build.lock`` for a build, refusing a second build into the
+    same data dir (``DataDirBusy``, one line) while the first runs: it would otherwise end
+    in a FileExistsError traceback when TFDS moves its finished folder into place. Local
+    data dirs only (a ``gs://`` one has no file locks)."""
+    if "://" in root:
+        yield
+        return
+    Path(root).mkdir(parents=True, exist_ok=True)
+    path = Path(root) / f".{name}.build.lock"
+    fd = open_file(path, os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataDirBusy(f"{root}: another build of {name} is writing into this data "
+                              f"dir ({path} is locked); run this one when it has ended") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def tfds_build_args() -> tuple[Any, list[str]] | None:

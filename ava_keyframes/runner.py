@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ava_keyframes import __version__
+from ava_keyframes.labelmap import INT32_MAX
 
 MAX_SECONDS = 86_400  # one day of video: more keyframes than any --seconds list needs
 # A line of TensorFlow's / XLA's / absl's C++ logging ("I0000 00:00:17.2 1234 port.cc:153] ..."),
@@ -242,6 +243,9 @@ def parse_seconds(text: str, *, fractions: bool = False) -> dict[int | float, li
             raise CliError(f"--seconds: {token!r} is not a second such as {example}")
         if count > MAX_SECONDS:
             raise CliError(f"--seconds: {text!r} lists more than {MAX_SECONDS} seconds")
+        if values and max(value for value, _ in values) > INT32_MAX:
+            raise CliError(f"--seconds: {token!r} is past the last second a keyframe can have "
+                           f"({INT32_MAX})")
         for value, spelling in values:
             seconds.setdefault(value, []).append(spelling)
     return seconds

@@ -32,7 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ava_keyframes.annotations import Keyframe, check_video_id
+from ava_keyframes.annotations import (
+    Keyframe,
+    annotation_csv_name,
+    check_video_id,
+    excluded_csv_name,
+    write_excluded,
+    write_rows,
+)
 from ava_keyframes.labelmap import default_labelmap_path
 from ava_keyframes.media import VideoError, ffmpeg_binary
 from ava_keyframes.stamp import (
@@ -51,8 +58,6 @@ POSES = (SIT, STAND, WALK)
 """Pose actions: every synthetic person has exactly one of these at any time."""
 EXTRAS = (CARRY, TALK)
 """Optional second (and third) actions."""
-
-LABELMAP_NAME = "ava_action_list_v2.2.pbtxt"
 
 # --- people ---
 
@@ -205,13 +210,13 @@ class CorpusInfo:
 
     @property
     def labelmap(self) -> Path:
-        return self.annotations_dir / LABELMAP_NAME
+        return self.annotations_dir / default_labelmap_path().name
 
     def annotation_csv(self, split: str) -> Path:
-        return self.annotations_dir / f"ava_{split}_v2.2.csv"
+        return self.annotations_dir / annotation_csv_name(split, "2.2")
 
     def excluded_csv(self, split: str) -> Path:
-        return self.annotations_dir / f"ava_{split}_excluded_timestamps_v2.2.csv"
+        return self.annotations_dir / excluded_csv_name(split, "2.2")
 
 
 _ID_FIRST = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -244,10 +249,9 @@ def _join(first: Path, second: Path, out: Path, container: str) -> None:
 
 
 def _row(video_id: str, second: int, box: np.ndarray, action: int, person_id: int,
-         size: tuple[int, int]) -> str:
+         size: tuple[int, int]) -> tuple:
     width, height = size
-    x1, y1, x2, y2 = box / (width, height, width, height)
-    return f"{video_id},{second:04d},{x1:.3f},{y1:.3f},{x2:.3f},{y2:.3f},{action},{person_id}\n"
+    return (video_id, second, *(box / (width, height, width, height)), action, person_id)
 
 
 def make_corpus(
@@ -337,12 +341,10 @@ def _write_annotations(info: CorpusInfo, rows: dict[str, list[tuple]],
         keyframes = sorted({(video_id, row[0]) for video_id in split_ids for row in rows[video_id]})
         chosen = rng.choice(len(keyframes), min(2, len(keyframes) // 2), replace=False)
         info.excluded[split] = {keyframes[i] for i in chosen}
-        with open(info.annotation_csv(split), "w", encoding="utf-8", newline="") as handle:
-            for video_id in sorted(split_ids):
-                handle.writelines(_row(video_id, *row, info.size) for row in sorted(
-                    rows[video_id], key=lambda r: (r[0], r[3], r[2])))
-        with open(info.excluded_csv(split), "w", encoding="utf-8", newline="") as handle:
-            handle.writelines(f"{v},{s:04d}\n" for v, s in sorted(info.excluded[split]))
+        write_rows(info.annotation_csv(split), (
+            _row(video_id, *row, info.size) for video_id in sorted(split_ids)
+            for row in sorted(rows[video_id], key=lambda r: (r[0], r[3], r[2]))))
+        write_excluded(info.excluded_csv(split), info.excluded[split])
     shutil.copyfile(default_labelmap_path(), info.labelmap)
 
 

@@ -124,6 +124,7 @@ class RangeFile(io.RawIOBase):
         self.until: int | None = None
         """Where the caller expects to stop reading, if it knows: read-ahead ends there."""
         self.source: Source | None = None
+        self.failed = False
         self._fetch(0)  # learns the size and identity (and whether ranges work at all)
 
     def readable(self) -> bool:
@@ -141,8 +142,18 @@ class RangeFile(io.RawIOBase):
         return self._pos
 
     def read(self, size: int = -1) -> bytes:
-        if self._pos >= self.source.size or size == 0:
+        """Bytes from the current position. After a failed read, every later one reads as
+        the end of the file: PyAV reports the first error, and FFmpeg's retries would each
+        raise again (printed as "PyAV library exception being dropped" tracebacks)."""
+        if self.failed or self._pos >= self.source.size or size == 0:
             return b""
+        try:
+            return self._read(size)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def _read(self, size: int) -> bytes:
         found = next(((start, data) for start, data in self._blocks.items()
                       if start <= self._pos < start + len(data)), None)
         start, data = found or (self._pos, self._fetch(self._pos))

@@ -3,7 +3,6 @@ of an official split, and the checks that refuse inputs which would score withou
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ava_keyframes.annotations import Annotations
+from ava_keyframes.annotations import Annotations, companion_excluded_name
 from ava_keyframes.labelmap import LabelMap, evaluation_labelmap_path, read_labelmap
 
 if TYPE_CHECKING:
@@ -69,11 +68,10 @@ def default_exclusions(groundtruth: str | Path) -> Path | None:
     ``ava_val_v2.2.csv`` -> ``ava_val_excluded_timestamps_v2.2.csv`` (the AVA zip's names),
     if it is there; None otherwise."""
     path = Path(groundtruth)
-    match = re.fullmatch(r"ava_(train|val|test)_(v\d+\.\d+)\.csv", path.name)
-    if match is None:
+    name = companion_excluded_name(path.name)
+    if name is None or not path.with_name(name).is_file():
         return None
-    candidate = path.with_name(f"ava_{match[1]}_excluded_timestamps_{match[2]}.csv")
-    return candidate if candidate.is_file() else None
+    return path.with_name(name)
 
 
 def scored_labelmap(path: str | Path | None = None, info: DatasetInfo | None = None) -> LabelMap:

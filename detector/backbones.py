@@ -230,9 +230,11 @@ def preset_backbone(preset: str) -> keras.Model:
 def _local_preset_backbone(folder: Path) -> keras.Model:
     config = folder / "config.json"
     try:
-        registered = json.loads(config.read_text())["registered_name"]
+        content = json.loads(config.read_text())
+        registered = content["registered_name"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelError(f"{config}: not a KerasCV preset config: {first_line(error)}") from None
+    _check_inside(folder, config, content.get("weights"))
     cls = keras.saving.get_registered_object(registered)
     kinds = (keras_cv.models.Backbone, keras_cv.models.RetinaNet)
     if not isinstance(cls, type) or not issubclass(cls, kinds):
@@ -242,6 +244,20 @@ def _local_preset_backbone(folder: Path) -> keras.Model:
     except Exception as error:  # noqa: BLE001 - any missing file or mismatch is reported whole
         raise ModelError(f"{folder}: cannot load KerasCV preset: {first_line(error)}") from None
     return loaded if isinstance(loaded, keras_cv.models.Backbone) else loaded.backbone
+
+
+def _check_inside(folder: Path, config: Path, weights: object) -> None:
+    """A preset's ``weights`` names a file in its own folder (KerasCV joins it to the folder
+    as given, so ``../../x.h5`` or an absolute path would load weights from anywhere)."""
+    if weights is None:
+        return
+    if not isinstance(weights, str) or not weights:
+        raise ModelError(f"{config}: field 'weights': expected a file name, not {weights!r}")
+    inside = folder.resolve()
+    target = (folder / weights).resolve()
+    if Path(weights).is_absolute() or inside not in target.parents:
+        raise ModelError(f"{config}: field 'weights': {weights!r} is outside the preset folder "
+                         f"{folder}")
 
 
 def first_line(error: BaseException) -> str:

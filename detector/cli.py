@@ -137,7 +137,7 @@ def _evaluate_model(args: argparse.Namespace):
 
 
 def _evaluate_csvs(args: argparse.Namespace):
-    from ava_keyframes.annotations import AnnotationError, read_annotations
+    from ava_keyframes.annotations import MAX_CSV_BYTES, AnnotationError, read_annotations
     from ava_keyframes.labelmap import LabelMapError
     from detector.ap import evaluate
     from detector.ap_inputs import check_pair, scored_labelmap
@@ -149,8 +149,9 @@ def _evaluate_csvs(args: argparse.Namespace):
         labelmap = scored_labelmap(args.labelmap)
         # No label map here: rows of other classes are skipped by `evaluate`, as upstream does,
         # and a ground-truth keyframe holding only such rows still counts as annotated.
-        groundtruth = read_annotations(args.groundtruth, kind="groundtruth")
-        detections = read_annotations(args.detections, kind="detections")
+        limit = args.max_csv_mb * 2**20 if args.max_csv_mb else MAX_CSV_BYTES
+        groundtruth = read_annotations(args.groundtruth, kind="groundtruth", max_bytes=limit)
+        detections = read_annotations(args.detections, kind="detections", max_bytes=limit)
     for table in (groundtruth, detections):
         _print_rejections(table.report)
     if detections.empty_keyframes:
@@ -363,6 +364,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "of ground truth and detections; 'none' for none. Default in CSV mode: "
                    "ava_<split>_excluded_timestamps_v<version>.csv beside a ground truth named "
                    "ava_<split>_v<version>.csv (a built split has left its own out already)")
+    p.add_argument("--max-csv-mb", type=positive_int, metavar="MB",
+                   help="refuse a CSV larger than this (default: 256); reading takes about 20 "
+                   "times a file's size in memory")
     p.add_argument("--metric", choices=("ava", "voc07", "coco"), default="ava",
                    help="ava: all-point AP at IoU 0.5 (default); voc07: 11-point; "
                         "coco: mean of all-point AP over IoU 0.50:0.05:0.95")

@@ -8,7 +8,6 @@ any size (the exported SavedModel's signature), `detect_dataset` feeds it a TFDS
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from ava_keyframes.annotations import (
     check_video_id,
     keyframe_key,
     parse_keyframe_key,
+    write_rows,
 )
 from ava_keyframes.frames import extract_keyframes
 from ava_keyframes.labelmap import LabelMap
@@ -154,15 +154,10 @@ def detections_table(keyframes: Iterable[Keyframe], class_ids: list[int]) -> pd.
 
 
 def write_detections_csv(table: pd.DataFrame, path: str | Path) -> None:
-    """The official AVA detections format: no header, normalized coordinates."""
+    """The official AVA detections format (``ava_keyframes.annotations.write_rows``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        for row in table[CSV_COLUMNS].itertuples(index=False):
-            video_id, second, x1, y1, x2, y2, action_id, score = row
-            writer.writerow([video_id, second, f"{x1:.4f}", f"{y1:.4f}", f"{x2:.4f}",
-                             f"{y2:.4f}", action_id, f"{score:.6f}"])
+    write_rows(path, table[CSV_COLUMNS].itertuples(index=False), kind="detections")
 
 
 def evaluate_model(

@@ -1,14 +1,20 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from ava_keyframes.annotations import (
     AnnotationError,
+    annotation_csv_name,
     check_video_id,
+    companion_excluded_name,
+    excluded_csv_name,
     keyframe_key,
     parse_keyframe_key,
     read_annotations,
     read_excluded,
+    write_excluded,
+    write_rows,
 )
 from ava_keyframes.cli import main
 from ava_keyframes.labelmap import read_labelmap
@@ -164,6 +170,20 @@ def test_empty_and_missing_files_raise_one_line_errors(tmp_path):
         read_annotations(write(tmp_path, "x", encoding="utf-16"))
 
 
+@pytest.mark.parametrize("reader", [read_annotations, read_excluded])
+def test_readers_refuse_endless_lines_and_large_files_with_bounded_memory(tmp_path, reader):
+    # /dev/zero once took an evaluation to 23 GB; now the first long line ends the read.
+    for source in (Path("/dev/zero"), write(tmp_path, "\0" * 10_000)):
+        if source.exists():
+            with pytest.raises(AnnotationError, match=r"a line longer than 4,096 bytes"):
+                reader(source)
+    rows = write(tmp_path, "aaaaaaaaaaa,902,0.1,0.1,0.5,0.5,12,1\n" * 100)  # 3,700 bytes
+    assert len(read_annotations(rows, max_bytes=4000).table) == 100
+    with pytest.raises(AnnotationError, match=r"more than the 3,000 bytes allowed for an AVA "
+                       r"CSV \(max_bytes; evaluate --max-csv-mb\)"):
+        read_annotations(rows, max_bytes=3000)
+
+
 def test_excluded_timestamps(ava_data, tmp_path):
     excluded = read_excluded(ava_data / "ava_val_excluded_timestamps_v2.2.csv")
     assert excluded and all(isinstance(s, int) for _, s in excluded)
@@ -241,3 +261,21 @@ def test_inspect_cli_unreadable_file_is_one_line(tmp_path, capsys):
     assert main(["inspect", str(write(tmp_path, ""))]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "empty file" in err
+
+
+def test_one_home_writes_what_it_reads(tmp_path):
+    truth = [("aaaaaaaaaaa", 902, 0.1, 0.2, 0.5, 0.6, 12, 3), ("bbbbbbbbbbb", 7, 0, 0, 1, 1, 80, 0)]
+    write_rows(tmp_path / "gt.csv", truth)
+    assert (tmp_path / "gt.csv").read_text().splitlines()[0] == (
+        "aaaaaaaaaaa,0902,0.100,0.200,0.500,0.600,12,3")
+    gt = read_annotations(tmp_path / "gt.csv")
+    assert [tuple(r) for r in gt.table.drop(columns="line").itertuples(index=False)] == truth
+    write_rows(tmp_path / "det.csv", [(*truth[0][:7], 0.123456789)], kind="detections")
+    det = read_annotations(tmp_path / "det.csv", kind="detections")
+    assert det.table["score"].tolist() == [0.123457]
+    write_excluded(tmp_path / "ex.csv", {("bbbbbbbbbbb", 7), ("aaaaaaaaaaa", 902)})
+    assert read_excluded(tmp_path / "ex.csv") == {("bbbbbbbbbbb", 7), ("aaaaaaaaaaa", 902)}
+    assert annotation_csv_name("val", "2.2") == "ava_val_v2.2.csv"
+    assert companion_excluded_name("ava_val_v2.2.csv") == excluded_csv_name("val", "2.2") == (
+        "ava_val_excluded_timestamps_v2.2.csv")
+    assert companion_excluded_name("mine.csv") is None

@@ -217,6 +217,23 @@ def test_cli_defaults_to_the_splits_excluded_timestamps_beside_the_ground_truth(
     assert "| walk | 2 | 0.5000 |" in capsys.readouterr().out
 
 
+def test_cli_refuses_endless_and_oversized_inputs_naming_the_limit_flag(tmp_path, capsys):
+    gt, det = tmp_path / "gt.csv", tmp_path / "det.csv"
+    gt.write_text(f"{VIDEO},902,0,0,1,1,14,0\n")
+    det.write_text(f"{VIDEO},902,0,0,1,1,14,0.9\n" * 40_000)  # 1.3 MB
+    args = ["evaluate", "--groundtruth", str(gt), "--detections", str(det)]
+    assert main([*args, "--exclusions", "none", "--max-csv-mb", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{det}: more than the 1,048,576 bytes allowed" in err
+    assert "--max-csv-mb" in err
+    assert main([*args, "--exclusions", "none", "--max-csv-mb", "2"]) == 0
+    capsys.readouterr()
+    endless = tmp_path / "endless.csv"  # as /dev/zero, which once took 23 GB
+    endless.write_bytes(b"\0" * 20_000)
+    assert main([*args, "--exclusions", str(endless)]) == 2
+    assert "endless.csv: a line longer than 4,096 bytes" in capsys.readouterr().err
+
+
 # --- protocol details, by hand ----------------------------------------------------------------
 
 def test_each_ground_truth_box_is_matched_once():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import keras
 import keras_cv
 import numpy as np
@@ -65,3 +67,15 @@ def test_retinanet_preset_folder_gives_its_backbone(tmp_path):
     loaded = B.preset_backbone(str(tmp_path / "retinanet"))
     for ours, theirs in zip(model.backbone.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+@pytest.mark.parametrize("weights", ["../outside.weights.h5", "/etc/passwd", "sub/../../x.h5"])
+def test_preset_config_cannot_load_weights_from_outside_its_folder(tmp_path, weights):
+    preset = tmp_path / "preset"
+    save_to_preset(B.build_backbone("resnet18", width=0.25), str(preset))
+    (tmp_path / "outside.weights.h5").write_bytes((preset / "model.weights.h5").read_bytes())
+    config = json.loads((preset / "config.json").read_text())
+    config["weights"] = weights
+    (preset / "config.json").write_text(json.dumps(config))
+    with pytest.raises(B.ModelError, match="field 'weights': .* is outside the preset folder"):
+        B.preset_backbone(str(preset))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -48,6 +49,8 @@ def test_custom_config_options_are_validated():
         builder_module.AvaKeyframesConfig(name="x", max_side=True)  # a bool is no integer
     with pytest.raises(ValueError, match="allow_missing must be true or false"):
         builder_module.AvaKeyframesConfig(name="x", allow_missing=1)
+    with pytest.raises(ValueError, match="unknown config option.s. 'foo'; known: name, "):
+        builder_module.AvaKeyframesConfig(name="x", foo=1)  # once a TypeError traceback
 
 
 @pytest.mark.slow
@@ -64,14 +67,60 @@ def test_tfds_build_refuses_a_config_named_like_a_path_in_one_line(tmp_path):
     assert not any(path.is_file() for path in tmp_path.rglob("*"))  # nothing written at all
 
 
+def test_every_keyframe_not_written_is_counted_on_the_console_with_the_report_path():
+    split = {"keyframes_annotated": 22, "keyframes_written": 10,
+             "keyframes_skipped": {plan.FRAME_MISSING: 11, plan.VIDEO_UNAVAILABLE: 1}}
+    report = {"dataset": "ava_keyframes/v2.2/1.0.0",
+              "splits": {"train": split, "validation": {**split, "keyframes_skipped": {}}}}
+    assert plan.loss_lines(report, "/data/build_report.json") == [
+        f"ava_keyframes/v2.2/1.0.0 train: 12 of 22 keyframes not written (11 "
+        f"{plan.FRAME_MISSING}, 1 {plan.VIDEO_UNAVAILABLE}); see /data/build_report.json"]
+
+
+def test_a_second_build_into_one_data_dir_is_refused_in_one_line(tmp_path):
+    import fcntl
+
+    builder = builder_module.Builder(config="v2.2", data_dir=str(tmp_path))
+    with plan.build_lock(str(tmp_path), builder.name):  # the first build, still running
+        lock = tmp_path / f".{builder.name}.build.lock"
+        with pytest.raises(plan.DataDirBusy, match=f"another build of ava_keyframes is writing "
+                           f"into this data dir \\({re.escape(str(lock))} is locked\\)"):
+            builder.download_and_prepare()
+        assert not (tmp_path / builder.name).exists()  # nothing written by the second
+    with open(lock) as handle:  # released when the first ends
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.slow
+def test_tfds_build_with_an_empty_annotation_csv_is_one_line(tmp_path):
+    annotations = tmp_path / "manual" / "annotations"
+    annotations.mkdir(parents=True)
+    for name in ("ava_train_v2.2.csv", "ava_train_excluded_timestamps_v2.2.csv",
+                 "ava_val_v2.2.csv", "ava_val_excluded_timestamps_v2.2.csv"):
+        (annotations / name).write_text("")
+    cmd = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes", "--config", "v2.2",
+           "--manual_dir", str(tmp_path / "manual"), "--data_dir", str(tmp_path / "data")]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,  # noqa: S603
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ava_keyframes: error: {annotations / 'ava_train_v2.2.csv'}: empty file, no AVA rows")
+
+
 def test_clip_options_are_validated():
     with pytest.raises(ValueError, match="clip_length and clip_stride go together"):
         builder_module.AvaKeyframesConfig(name="x", clip_length=8)
     with pytest.raises(ValueError, match="clip_stride must be a positive integer or null"):
         builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=0)
-    with pytest.raises(ValueError, match="clip_short_side must be a positive integer, not 2.5"):
+    with pytest.raises(ValueError, match="clip_short_side must be an integer in 1..1080, not 2.5"):
         builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=2,
                                           clip_short_side=2.5)
+    # Bounded before anything is allocated (1000000 frames once asked for 244 GiB).
+    with pytest.raises(ValueError, match="clip_length must be an integer in 1..128, not 1000000"):
+        builder_module.AvaKeyframesConfig(name="x", clip_length=1_000_000, clip_stride=2)
+    with pytest.raises(ValueError, match="clip_short_side .* not 100000"):
+        builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=2,
+                                          clip_short_side=100_000)
 
 
 def test_only_clip_configs_have_clip_features(tmp_path):

@@ -119,7 +119,7 @@ def test_predict_images_and_video(model_path, tmp_path, capsys):
     capsys.readouterr()
     lines = (out / "detections.csv").read_text().splitlines()
     keys = {tuple(line.split(",")[:2]) for line in lines}
-    assert keys == {("AbCdEfGhIjK", "910"), ("photo", "0")}
+    assert keys == {("AbCdEfGhIjK", "0910"), ("photo", "0000")}  # seconds as AVA writes them
     assert all(len(line.split(",")) == 8 for line in lines)
     assert (out / "AbCdEfGhIjK_0910.png").is_file() and (out / "photo_0000.png").is_file()
     drawn = np.asarray(Image.open(out / "photo_0000.png").convert("RGB"))

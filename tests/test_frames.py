@@ -228,6 +228,47 @@ def test_corrupt_h264_never_yields_a_damaged_frame(videos, tmp_path):
     assert str(path) in str(raised.value)
 
 
+def _flip_bits_in_a_referenced_p_frame(clean: Path, damaged: Path, flips: int = 5) -> float:
+    """Copy ``clean`` with ``flips`` bits flipped in the first P-frame after 2 s that B-frames
+    shown before it refer to; returns that frame's time."""
+    import random
+
+    import av
+
+    with av.open(str(clean)) as container:
+        stream = container.streams.video[0]
+        packets = [(p.pts, p.pos, p.size) for p in container.demux(stream) if p.size]
+        time_base = stream.time_base
+    index = next(i for i, (pts, _, _) in enumerate(packets[:-1])
+                 if pts * time_base > 2 and packets[i + 1][0] < pts)
+    pts, pos, size = packets[index]
+    data, rng = bytearray(clean.read_bytes()), random.Random(0)
+    for _ in range(flips):
+        data[pos + rng.randrange(4, size)] ^= 1 << rng.randrange(8)
+    damaged.write_bytes(bytes(data))
+    return float(pts * time_base)
+
+
+def test_frames_shown_before_a_damaged_reference_are_never_stored(tmp_path):
+    """5 bit flips in a P-frame: the B-frames shown before it are decoded from it, damaged,
+    and come out first with no error; only the P-frame is flagged. None of them is stored,
+    and the message names the span."""
+    clean, damaged = tmp_path / "clean.mp4", tmp_path / "damaged.mp4"
+    write_stamped_video(clean, duration=5, fps=30, size=(320, 240), container="mp4")
+    flipped = _flip_bits_in_a_referenced_p_frame(clean, damaged)
+    seconds = [round(i / 30, 4) for i in range(45, 105)]  # every frame, 1.5 s to 3.5 s
+    truth = dict(extract_keyframes(clean, seconds))
+    got = {}
+    with pytest.raises(MissingKeyframes) as raised:
+        for second, image in extract_keyframes(damaged, seconds):
+            got[second] = image
+    for second, image in got.items():
+        assert np.array_equal(image, truth[second]), f"damaged frame stored for {second} s"
+    assert got and min(raised.value.missing) < flipped - 0.01  # shown before it: dropped too
+    assert sorted([*got, *raised.value.missing]) == seconds
+    assert "not stored (they may rest on the damaged data)" in str(raised.value)
+
+
 @pytest.mark.parametrize("content", ["text", "audio"])
 def test_not_a_video_is_a_clear_error(tmp_path, content):
     path = tmp_path / f"{content}.mp4"

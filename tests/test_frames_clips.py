@@ -108,7 +108,8 @@ def test_clips_stream_out_in_one_pass(videos, monkeypatch):
     monkeypatch.setattr(Video, "frames_from", counting_from)
     clips = extract_clips(path, [1, 1.5, 2, 2.5], length=8, stride=2, clip_short_side=60)
     first = next(clips)
-    assert first.second == 1 and max(decoded) < 2
+    # handed on once settled (video.settle frames later: a damaged packet's error shows by then)
+    assert first.second == 1 and max(decoded) < 2.5
     assert [clip.second for clip in clips] == [1.5, 2, 2.5]
     assert len(passes) == 1
 

@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,14 @@ def test_ids_outside_int32_are_refused(tmp_path):
     path.write_text('label { name: "x" label_id: 99999999999999999999 }\n')
     with pytest.raises(LabelMapError, match=r"big.pbtxt:1: field 'label_id': .* int32 range"):
         read_labelmap(path)
+
+
+def test_labelmap_of_an_endless_file_is_refused_at_one_mebibyte(tmp_path, capsys):
+    big = tmp_path / "big.pbtxt"
+    big.write_text('item { name: "a" id: 1 }\n' * 50_000)  # 1.2 MB of valid blocks
+    with pytest.raises(LabelMapError, match=r"big.pbtxt: more than the 1,048,576 bytes"):
+        read_labelmap(big)
+    if Path("/dev/zero").exists():  # once 11.8 GB in 15 s
+        assert main(["labelmap", "/dev/zero"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "/dev/zero: more than the 1,048,576 bytes" in err

@@ -35,6 +35,8 @@ def test_seconds_grammar_lists_ranges_and_spellings():
     ("902.5-903", True, "'902.5-903' is not a second"),
     ("910-902", False, "ends before it starts"),
     ("0-99999999999", False, f"more than {MAX_SECONDS} seconds"),
+    ("99999999999999999999999", True, "past the last second a keyframe can have"),
+    ("2147483648", False, "past the last second"),
     (",".join(f"1-{MAX_SECONDS}" for _ in range(2)), False, "more than"),
 ])
 def test_seconds_grammar_refuses_with_the_part_named(text, fractions, needle):

@@ -295,7 +295,8 @@ def test_cli_synth_writes_a_corpus(tmp_path, capsys):
     (["--size", "161x120"], "size must be even"),
     (["--videos", "1"], "videos >= 2"),
     (["--fps", "fast"], "--fps: expected a number"),
-    (["--fps", "0"], "frame rate must be a positive number"),
+    (["--fps", "0"], "--fps: 0 outside 1..240"),
+    (["--fps", "0.001"], "--fps: 0.001 outside 1..240"),
 ])
 def test_cli_synth_mistakes_are_one_line_errors(tmp_path, capsys, args, message):
     base = ["synth", str(tmp_path / "c"), "--videos", "2", "--seconds", "2", "--start", "0"]

@@ -389,3 +389,15 @@ def test_cli_download_fetches_windows_for_a_csv_and_whole_files_on_request(
     assert cli.main([*common, "--cache", str(tmp_path / "b"), "--fetch", "whole"]) == 0
     line = json.loads(capsys.readouterr().out)
     assert (line["fetch_mode"], line["bytes_fetched"]) == ("whole", video.stat().st_size)
+
+
+def test_a_failed_read_is_reported_once_without_pyav_dropped_exception_tracebacks(
+        tmp_path, server, videos, capfd):
+    server.replaced_after = 3  # every read after the third fails
+    with pytest.raises(WindowError, match="changed on the server"):
+        fetch(server, videos["mp4"], SECONDS, tmp_path)
+    assert "exception being dropped" not in capfd.readouterr().err
+    server.replaced_after, server.drop = None, 10**6
+    with pytest.raises(RemoteError):
+        fetch(server, videos["webm"], SECONDS, tmp_path)
+    assert "exception being dropped" not in capfd.readouterr().err
