@@ -34,7 +34,7 @@ from etils import epath
 
 # The module, not its names: `import ava_keyframes.features` first imports TFDS, whose import
 # registers this builder (see __init__) while features is still half-initialized.
-from ava_keyframes import features
+from ava_keyframes import clips, features
 from ava_keyframes.annotations import keyframe_key, read_annotations, read_excluded
 from ava_keyframes.cache import CacheError
 from ava_keyframes.frames import KeyframeError
@@ -61,6 +61,12 @@ CACHE_ENV = "AVA_KEYFRAMES_CACHE"
 REPORT_FILENAME = "build_report.json"
 _OUTCOMES_SUFFIX = ".outcomes.json"
 _OUTCOME_TAG = "outcome"
+CLIP_VERSION = "3.0.0"
+CLIP_RELEASE_NOTES = {
+    "3.0.0": "clip configs: clip_encoding, by default \"h264\": each clip one short H.264 "
+             "stream (about 0.1x the bytes of JPEG frames), decoded by ava_keyframes.clips; "
+             "\"jpeg\" keeps the JPEG frames of 2.0.0.",
+}
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one folder name, never '..'
 _REACH_TIMEOUT = 10.0  # seconds to connect to the annotations' host before giving up
 _SKIPPED_IN_RUN: set[str] = set()  # configs a plain `tfds build` skipped in this process
@@ -100,7 +106,9 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     must have a name of its own: TFDS refuses a custom config named like a built-in one,
     so its data never passes for the full ``v2.2``. ``clip_length`` and ``clip_stride``
     (both or neither) add a clip of that many frames, ``clip_stride / 30`` s apart, around
-    each keyframe, each resized to a shorter side of ``clip_short_side`` pixels.
+    each keyframe, each resized to a shorter side of ``clip_short_side`` pixels, stored as
+    ``clip_encoding`` says: "h264" (one short video, ``ava_keyframes.clips``) or "jpeg" (a
+    JPEG per frame). A clip config's version is ``CLIP_VERSION`` (its features changed).
     """
 
     ava_version: str = "2.2"
@@ -110,6 +118,7 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     clip_length: int | None = None
     clip_stride: int | None = None
     clip_short_side: int = 256
+    clip_encoding: str = "h264"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _CONFIG_NAME.fullmatch(self.name):
@@ -127,15 +136,21 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
         if (self.clip_length is None) != (self.clip_stride is None):
             self._refuse("clip_length and clip_stride go together: both positive integers "
                          "(a clip config) or both null")
+        if self.clip_encoding not in clips.ENCODINGS:
+            self._refuse(f"clip_encoding must be one of {', '.join(clips.ENCODINGS)}, not "
+                         f"{self.clip_encoding!r}")
+        if self.clip_length and self.version is None:
+            self.version, self.release_notes = CLIP_VERSION, CLIP_RELEASE_NOTES
         if type(self.allow_missing) is not bool:
             self._refuse(f"allow_missing must be true or false, not {self.allow_missing!r}")
         if self.description is None:
             keep = (f"at most {self.max_per_video} keyframes per video" if self.max_per_video
                     else "every keyframe")
             size = f"longer side at most {self.max_side} px" if self.max_side else "full size"
-            clips = (f"; clips of {self.clip_length} frames {self.clip_stride}/30 s apart, "
-                     f"shorter side {self.clip_short_side} px" if self.clip_length else "")
-            self.description = f"AVA v{self.ava_version} annotations; {keep}; images {size}{clips}."
+            clip = (f"; clips of {self.clip_length} frames {self.clip_stride}/30 s apart, "
+                     f"shorter side {self.clip_short_side} px, {self.clip_encoding}"
+                     if self.clip_length else "")
+            self.description = f"AVA v{self.ava_version} annotations; {keep}; images {size}{clip}."
 
     @staticmethod
     def _refuse(message: str) -> None:
@@ -157,7 +172,8 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
         options = {"max_per_video": self.max_per_video, "max_side": self.max_side}
         if self.clip_length:
             options.update(clip_length=self.clip_length, clip_stride=self.clip_stride,
-                           clip_short_side=self.clip_short_side)
+                           clip_short_side=self.clip_short_side,
+                           clip_encoding=self.clip_encoding)
         return options
 
     def missing_allowed(self) -> bool:
@@ -179,7 +195,8 @@ def video_examples(
         for second, frame, clip in work.extract(job, fetched):
             outcome.written += 1
             yield keyframe_key(job.video_id, second), features.example(
-                job.video_id, second, persons_at[second], frame, work.labelmap, clip)
+                job.video_id, second, persons_at[second], frame, work.labelmap, clip,
+                work.clip_encoding)
     except KeyframeError as error:  # MissingKeyframes included: the frames before it are kept
         outcome.error = str(error)
         outcome.skipped[FRAME_MISSING] = outcome.selected - outcome.written
@@ -269,7 +286,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=features.keyframe_features(_labelmap().names,
-                                              self.builder_config.clip_length),
+                                              self.builder_config.clip_length,
+                                              self.builder_config.clip_encoding),
             homepage="https://research.google.com/ava/",
         )
 
@@ -357,6 +375,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             labelmap=labelmap,
             clip=(config.clip_length, config.clip_stride, config.clip_short_side)
             if config.clip_length else None,
+            clip_encoding=config.clip_encoding,
         )
         generators = {}
         for split, (csv_name, excluded_name) in config.split_files().items():

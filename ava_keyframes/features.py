@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ava_keyframes import clips
 from ava_keyframes.annotations import Person
 from ava_keyframes.frames import Clip
 from ava_keyframes.labelmap import LabelMap
@@ -57,11 +58,13 @@ class MultiHotClassLabel(tfds.features.ClassLabel):
         return ", ".join(f"{i} ({self.int2str(int(i))})" for i in np.flatnonzero(ex)) or "-"
 
 
-def keyframe_features(class_names: Sequence[str], clip_length: int | None = None
-                      ) -> tfds.features.FeaturesDict:
+def keyframe_features(class_names: Sequence[str], clip_length: int | None = None,
+                      clip_encoding: str = "h264") -> tfds.features.FeaturesDict:
     """The features of one example: a keyframe with its persons; with ``clip_length``, also
-    the ``clip`` of that many frames around it (each frame a JPEG, as the keyframe) and
-    ``clip_padded``, how many of them repeat the video's first or last frame."""
+    the ``clip`` of that many frames around it and ``clip_padded``, how many of them repeat
+    the video's first or last frame. ``clip_encoding`` "jpeg": the clip is a ``Video`` of
+    JPEG frames (decoded by TFDS); "h264": the bytes of one H.264 stream, decoded by
+    ``ava_keyframes.clips.decode_clip`` / ``decode_example``."""
     features = {
         "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
         "video_id": tfds.features.Text(),
@@ -74,8 +77,11 @@ def keyframe_features(class_names: Sequence[str], clip_length: int | None = None
         }),
     }
     if clip_length is not None:
-        features["clip"] = tfds.features.Video(shape=(clip_length, None, None, 3),
-                                               encoding_format="jpeg")
+        features["clip"] = (
+            tfds.features.Video(shape=(clip_length, None, None, 3), encoding_format="jpeg")
+            if clip_encoding == "jpeg" else tfds.features.Tensor(
+                shape=(), dtype=np.object_,
+                doc=f"{clip_length} frames as one H.264 stream: ava_keyframes.clips.decode"))
         features["clip_padded"] = tfds.features.Scalar(
             dtype=np.int32, doc="clip frames before the video's first frame or after its last "
                                 "(they repeat the nearest frame)")
@@ -83,7 +89,8 @@ def keyframe_features(class_names: Sequence[str], clip_length: int | None = None
 
 
 def example(video_id: str, second: int, persons: Sequence[Person], frame: np.ndarray,
-            labelmap: LabelMap, clip: Clip | None = None) -> dict[str, Any]:
+            labelmap: LabelMap, clip: Clip | None = None, clip_encoding: str = "h264"
+            ) -> dict[str, Any]:
     """One example of :func:`keyframe_features` (with ``clip``: of a clip config)."""
     height, width = frame.shape[:2]
     values = {
@@ -103,5 +110,6 @@ def example(video_id: str, second: int, persons: Sequence[Person], frame: np.nda
         ],
     }
     if clip is not None:
-        values["clip"], values["clip_padded"] = clip.frames, clip.padded
+        values["clip"] = clip.frames if clip_encoding == "jpeg" else clips.encode(clip.frames)
+        values["clip_padded"] = clip.padded
     return values
