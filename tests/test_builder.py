@@ -156,8 +156,9 @@ def test_clips_are_padded_and_counted_at_both_edges(tmp_path):
     work = plan.VideoWork(str(tmp_path / "cache"), None, None, LABELMAP, clip=(8, 16, 72))
     outcome = plan.VideoOutcome("train", "0ogRTCEBL0p", 3)
     fetched = FetchResult("0ogRTCEBL0p", "cached", video, "local", None, fetch_mode="local")
-    examples = dict(builder_module.video_examples(_dummy_job("0ogRTCEBL0p", (1, 3)), fetched,
-                                                  work, outcome))
+    examples = {key: clips.decode_example(example) for key, example in  # stored as H.264
+                builder_module.video_examples(_dummy_job("0ogRTCEBL0p", (1, 3)), fetched,
+                                              work, outcome)}
     first, last = examples["0ogRTCEBL0p_0001"], examples["0ogRTCEBL0p_0003"]
     # times 1 + (k - 4) * 16/30: -1.13, -0.6, -0.07 (before the first frame), 0.47, 1.0, ...
     assert [read_frame_stamp(f) for f in first["clip"]] == [0, 0, 0, 5, 10, 16, 21, 26]
