@@ -61,12 +61,6 @@ CACHE_ENV = "AVA_KEYFRAMES_CACHE"
 REPORT_FILENAME = "build_report.json"
 _OUTCOMES_SUFFIX = ".outcomes.json"
 _OUTCOME_TAG = "outcome"
-CLIP_VERSION = "3.0.0"
-CLIP_RELEASE_NOTES = {
-    "3.0.0": "clip configs: clip_encoding, by default \"h264\": each clip one short H.264 "
-             "stream (about 0.1x the bytes of JPEG frames), decoded by ava_keyframes.clips; "
-             "\"jpeg\" keeps the JPEG frames of 2.0.0.",
-}
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one folder name, never '..'
 _REACH_TIMEOUT = 10.0  # seconds to connect to the annotations' host before giving up
 _SKIPPED_IN_RUN: set[str] = set()  # configs a plain `tfds build` skipped in this process
@@ -108,7 +102,7 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     (both or neither) add a clip of that many frames, ``clip_stride / 30`` s apart, around
     each keyframe, each resized to a shorter side of ``clip_short_side`` pixels, stored as
     ``clip_encoding`` says: "h264" (one short video, ``ava_keyframes.clips``) or "jpeg" (a
-    JPEG per frame). A clip config's version is ``CLIP_VERSION`` (its features changed).
+    JPEG per frame). A clip config's version is ``clips.VERSION`` (its features changed).
     """
 
     ava_version: str = "2.2"
@@ -140,7 +134,7 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
             self._refuse(f"clip_encoding must be one of {', '.join(clips.ENCODINGS)}, not "
                          f"{self.clip_encoding!r}")
         if self.clip_length and self.version is None:
-            self.version, self.release_notes = CLIP_VERSION, CLIP_RELEASE_NOTES
+            self.version, self.release_notes = clips.VERSION, clips.RELEASE_NOTES
         if type(self.allow_missing) is not bool:
             self._refuse(f"allow_missing must be true or false, not {self.allow_missing!r}")
         if self.description is None:

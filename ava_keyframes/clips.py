@@ -5,8 +5,8 @@ A clip config stores its ``T`` clip frames either as ``T`` JPEGs (``clip_encodin
 libx264 from PyAV's wheel, 4:4:4 chroma (any frame size, odd widths included: clip frames
 are 455 px wide for 16:9 films), one intra frame then P frames (``g`` = the clip length, no
 B-frames), ``crf`` 14, preset ``superfast``. Measured in ``benchmarks/build_clips.py``: a
-32 x 2 clip takes about 0.1x the bytes of its JPEG q95 frames at a PSNR against the source
-within 1 dB of theirs (frame stamps survive: ``ava_keyframes/stamp.py``).
+32 x 2 clip of 720p film takes 0.20x the bytes of its JPEG q95 frames (8 x 8: 0.28x) at a
+PSNR against the source within 1 dB of theirs (frame stamps survive: ``stamp.py``).
 
 Reading: ``ds.map(clips.decode_clip, num_parallel_calls=...)`` turns the stored bytes into
 ``uint8 [T, H, W, 3]`` inside tf.data (PyAV decodes with the GIL released, so parallel
@@ -29,7 +29,15 @@ ENCODINGS = ("h264", "jpeg")
 X264_OPTIONS = {"crf": "14", "preset": "superfast", "bf": "0", "threads": "1"}
 """libx264 settings, chosen by measurement (``benchmarks/README.md``, ``build_clips.py``):
 crf 14 keeps the PSNR within 1 dB of JPEG q95 on the synthetic corpus' noisy texture;
-one thread, as a build encodes one clip per keyframe and keeps the other core decoding."""
+one thread: a clip's 8-32 small frames gave x264's frame threads no clear gain here."""
+
+VERSION = "3.0.0"
+"""The version of the clip configs (``v2.2`` and ``v2.1`` stay at the builder's)."""
+RELEASE_NOTES = {
+    "3.0.0": "clip configs: clip_encoding, by default \"h264\": each clip one short H.264 "
+             "stream (0.2-0.3x the bytes of JPEG frames), decoded by ava_keyframes.clips; "
+             "\"jpeg\" keeps the JPEG frames of 2.0.0.",
+}
 
 _RATE = 30  # nominal: a clip's frames carry no times, only their order
 
