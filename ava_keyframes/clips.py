@@ -11,7 +11,8 @@ PSNR against the source within 1 dB of theirs (frame stamps survive: ``stamp.py`
 Reading: ``ds.map(clips.decode_clip, num_parallel_calls=...)`` turns the stored bytes into
 ``uint8 [T, H, W, 3]`` inside tf.data (PyAV decodes with the GIL released, so parallel
 calls use several cores); ``clips.decode_example`` does the same for an example of
-``tfds.as_numpy``. Both leave an example of a JPEG clip config as it is.
+``tfds.as_numpy``. Both leave an example of a JPEG clip config, or of a keyframe config,
+as it is.
 """
 
 from __future__ import annotations
@@ -83,17 +84,17 @@ def decode(data: tf.Tensor, length: int | None = None) -> tf.Tensor:
 
 
 def decode_clip(example: dict[str, Any], length: int | None = None) -> dict[str, Any]:
-    """For ``ds.map``: the example with its ``clip`` decoded (a JPEG config's unchanged);
-    ``length`` (the config's ``clip_length``) makes the first dimension static."""
-    clip = example["clip"]
-    if clip.dtype != tf.string:
+    """For ``ds.map``: the example with its ``clip`` decoded (a JPEG config's, or an example
+    without a clip, unchanged); ``length`` (``clip_length``) makes the first dimension static."""
+    clip = example.get("clip")
+    if clip is None or clip.dtype != tf.string:
         return example
     return {**example, "clip": decode(clip, length)}
 
 
 def decode_example(example: dict[str, Any]) -> dict[str, Any]:
     """For ``tfds.as_numpy`` examples: the same arrays as :func:`decode_clip` gives."""
-    clip = example["clip"]
+    clip = example.get("clip")
     if not isinstance(clip, bytes):
         return example
     return {**example, "clip": decode_bytes(clip)}

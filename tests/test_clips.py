@@ -92,6 +92,9 @@ def test_jpeg_clip_configs_store_and_read_frames_as_before(source_clips):
         "v", 1, [], clip.keyframe, read_labelmap(default_labelmap_path()), clip, "jpeg"))
     example = spec.deserialize_example(tf.constant(stored))
     assert clips.decode_clip(example)["clip"] is example["clip"]  # already frames
+    keyframe_only = {"image": example["image"]}
+    assert clips.decode_clip(keyframe_only) is keyframe_only
+    assert clips.decode_example(keyframe_only) is keyframe_only
     assert [read_frame_stamp(f) for f in example["clip"].numpy()] == [
         read_frame_stamp(f) for f in clip.frames]
 
