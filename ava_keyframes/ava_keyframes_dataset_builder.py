@@ -33,7 +33,7 @@ from etils import epath
 
 # The module, not its names: `import ava_keyframes.features` first imports TFDS, whose import
 # registers this builder (see __init__) while features is still half-initialized.
-from ava_keyframes import console, features
+from ava_keyframes import clips, console, features
 from ava_keyframes.annotations import (
     AnnotationError,
     annotation_csv_name,
@@ -118,7 +118,9 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     must have a name of its own: TFDS refuses a custom config named like a built-in one,
     so its data never passes for the full ``v2.2``. ``clip_length`` and ``clip_stride``
     (both or neither) add a clip of that many frames, ``clip_stride / 30`` s apart, around
-    each keyframe, each resized to a shorter side of ``clip_short_side`` pixels.
+    each keyframe, each resized to a shorter side of ``clip_short_side`` pixels, stored as
+    ``clip_encoding`` says: "h264" (one short video, ``ava_keyframes.clips``) or "jpeg" (a
+    JPEG per frame). A clip config's version is ``clips.VERSION`` (its features changed).
     """
 
     ava_version: str = "2.2"
@@ -128,6 +130,7 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
     clip_length: int | None = None
     clip_stride: int | None = None
     clip_short_side: int = 256
+    clip_encoding: str = "h264"
 
     def __new__(cls, *args: Any, **options: Any) -> AvaKeyframesConfig:
         """Refuse unknown options in one line (TFDS calls the class with a ``--config`` JSON's
@@ -156,15 +159,21 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
         if (self.clip_length is None) != (self.clip_stride is None):
             self._refuse("clip_length and clip_stride go together: both positive integers "
                          "(a clip config) or both null")
+        if self.clip_encoding not in clips.ENCODINGS:
+            self._refuse(f"clip_encoding must be one of {', '.join(clips.ENCODINGS)}, not "
+                         f"{self.clip_encoding!r}")
+        if self.clip_length and self.version is None:
+            self.version, self.release_notes = clips.VERSION, clips.RELEASE_NOTES
         if type(self.allow_missing) is not bool:
             self._refuse(f"allow_missing must be true or false, not {self.allow_missing!r}")
         if self.description is None:
             keep = (f"at most {self.max_per_video} keyframes per video" if self.max_per_video
                     else "every keyframe")
             size = f"longer side at most {self.max_side} px" if self.max_side else "full size"
-            clips = (f"; clips of {self.clip_length} frames {self.clip_stride}/30 s apart, "
-                     f"shorter side {self.clip_short_side} px" if self.clip_length else "")
-            self.description = f"AVA v{self.ava_version} annotations; {keep}; images {size}{clips}."
+            clip = (f"; clips of {self.clip_length} frames {self.clip_stride}/30 s apart, "
+                     f"shorter side {self.clip_short_side} px, {self.clip_encoding}"
+                     if self.clip_length else "")
+            self.description = f"AVA v{self.ava_version} annotations; {keep}; images {size}{clip}."
 
     @staticmethod
     def _refuse(message: str) -> None:
@@ -184,7 +193,8 @@ class AvaKeyframesConfig(tfds.core.BuilderConfig):
         options = {"max_per_video": self.max_per_video, "max_side": self.max_side}
         if self.clip_length:
             options.update(clip_length=self.clip_length, clip_stride=self.clip_stride,
-                           clip_short_side=self.clip_short_side)
+                           clip_short_side=self.clip_short_side,
+                           clip_encoding=self.clip_encoding)
         return options
 
 
@@ -201,7 +211,7 @@ def video_examples(job: VideoJob, fetched: FetchResult, finished: FinishedVideo 
     for frame in finished.frames():
         outcome.written += 1
         yield keyframe_key(job.video_id, frame.second), features.example(
-            job.video_id, persons_at[frame.second], frame, work.labelmap)
+            job.video_id, persons_at[frame.second], frame, work.labelmap, work.clip_encoding)
     if finished.error is not None:  # MissingKeyframes included: the frames before it are kept
         outcome.error = finished.error
         outcome.skipped[FRAME_MISSING] = outcome.selected - outcome.written
@@ -308,7 +318,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description=_DESCRIPTION,
             features=features.keyframe_features(_labelmap().names,
-                                              self.builder_config.clip_length),
+                                              self.builder_config.clip_length,
+                                              self.builder_config.clip_encoding),
             homepage="https://research.google.com/ava/",
             citation=self.get_metadata().citation,
         )
@@ -428,6 +439,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             labelmap=labelmap,
             clip=(config.clip_length, config.clip_stride, config.clip_short_side)
             if config.clip_length else None,
+            clip_encoding=config.clip_encoding,
         )
         generators = {}
         for split, (csv_name, excluded_name) in config.split_files().items():

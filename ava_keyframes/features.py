@@ -57,11 +57,13 @@ class MultiHotClassLabel(tfds.features.ClassLabel):
         return ", ".join(f"{i} ({self.int2str(int(i))})" for i in np.flatnonzero(ex)) or "-"
 
 
-def keyframe_features(class_names: Sequence[str], clip_length: int | None = None
-                      ) -> tfds.features.FeaturesDict:
+def keyframe_features(class_names: Sequence[str], clip_length: int | None = None,
+                      clip_encoding: str = "h264") -> tfds.features.FeaturesDict:
     """The features of one example: a keyframe with its persons; with ``clip_length``, also
-    the ``clip`` of that many frames around it (each frame a JPEG, as the keyframe) and
-    ``clip_padded``, how many of them repeat the video's first or last frame."""
+    the ``clip`` of that many frames around it and ``clip_padded``, how many of them repeat
+    the video's first or last frame. ``clip_encoding`` "jpeg": the clip is a ``Video`` of
+    JPEG frames (decoded by TFDS); "h264": the bytes of one H.264 stream, decoded by
+    ``ava_keyframes.clips.decode_clip`` / ``decode_example``."""
     features = {
         "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
         "video_id": tfds.features.Text(),
@@ -74,8 +76,11 @@ def keyframe_features(class_names: Sequence[str], clip_length: int | None = None
         }),
     }
     if clip_length is not None:
-        features["clip"] = tfds.features.Video(shape=(clip_length, None, None, 3),
-                                               encoding_format="jpeg")
+        features["clip"] = (
+            tfds.features.Video(shape=(clip_length, None, None, 3), encoding_format="jpeg")
+            if clip_encoding == "jpeg" else tfds.features.Tensor(
+                shape=(), dtype=np.object_,
+                doc=f"{clip_length} frames as one H.264 stream: ava_keyframes.clips.decode"))
         features["clip_padded"] = tfds.features.Scalar(
             dtype=np.int32, doc="clip frames before the video's first frame or after its last "
                                 "(they repeat the nearest frame)")
@@ -83,9 +88,9 @@ def keyframe_features(class_names: Sequence[str], clip_length: int | None = None
 
 
 def example(video_id: str, persons: Sequence[Person], frame: EncodedFrame,
-            labelmap: LabelMap) -> dict[str, Any]:
-    """One example of :func:`keyframe_features` from a stored keyframe (with its clip's
-    frames in a clip config)."""
+            labelmap: LabelMap, clip_encoding: str = "h264") -> dict[str, Any]:
+    """One example of :func:`keyframe_features` from a stored keyframe (with its clip in a
+    clip config: its frames' JPEGs, or its one H.264 stream, as ``clip_encoding`` says)."""
     width, height = frame.width, frame.height
     values = {
         "image": frame.jpeg,
@@ -104,5 +109,6 @@ def example(video_id: str, persons: Sequence[Person], frame: EncodedFrame,
         ],
     }
     if frame.clip is not None:
-        values["clip"], values["clip_padded"] = frame.clip, frame.clip_padded
+        values["clip"] = frame.clip if clip_encoding == "jpeg" else frame.clip[0]
+        values["clip_padded"] = frame.clip_padded
     return values

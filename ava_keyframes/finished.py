@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ava_keyframes import clips
 from ava_keyframes.cache import CacheDir, CacheError, check_regular, open_file
 from ava_keyframes.frames import KeyframeError
 from ava_keyframes.plan import VideoJob, VideoWork
@@ -45,7 +46,8 @@ _TRAILER_BYTES = 8
 
 @dataclasses.dataclass(frozen=True)
 class EncodedFrame:
-    """One keyframe as stored: its JPEG, its size, and its clip's JPEGs (clip configs)."""
+    """One keyframe as stored: its JPEG, its size, and its clip (clip configs): the clip
+    frames' JPEGs, or one H.264 stream (``VideoWork.clip_encoding``)."""
 
     second: int
     jpeg: bytes
@@ -114,7 +116,9 @@ class FinishedStore:
                     for second, frame, clip in work.extract(job, fetched):
                         blobs = [encode(frame)]
                         if clip is not None:
-                            blobs += [encode(image) for image in clip.frames]
+                            blobs += ([encode(image) for image in clip.frames]
+                                      if work.clip_encoding == "jpeg"
+                                      else [clips.encode(clip.frames)])
                         for blob in blobs:
                             body.write(blob)
                         index.append([second, frame.shape[1], frame.shape[0],

@@ -78,6 +78,7 @@ class VideoWork:
     max_side: int | None
     labelmap: LabelMap
     clip: tuple[int, int, int] | None = None  # (length, stride, short side)
+    clip_encoding: str = "h264"  # how an example stores its clip: ava_keyframes.clips
 
     def video_cache(self, fetch: str | None = None) -> VideoCache:
         """The cache the settings describe (``fetch``: another mode for this call)."""

@@ -1,4 +1,4 @@
-"""Build of a clip config against the keyframe config on the same videos (issue 16).
+"""Build of a clip config against the keyframe config on the same videos (issues 16, 27).
 
 Two corpora, videos read in place from the manual dir (no fetching):
 
@@ -8,12 +8,19 @@ Two corpora, videos read in place from the manual dir (no fetching):
   Bunny, 1280x720, 25 fps), keyframes at seconds 1..4 of each: real film, so that the bytes
   stored per keyframe are those of movie frames, not of a synthetic texture.
 
-For each corpus, ``v2.2`` (keyframes), ``v2.2_clips8x8`` and ``v2.2_clips32x2`` are built
+For each corpus, ``v2.2`` (keyframes) and the clip configs 8 x 8 and 32 x 2, each with
+H.264 clips (``clip_encoding: h264``, the default) and JPEG frames (``jpeg``), are built
 with ``download_and_prepare`` in a fresh child process each (interleaved rounds, best of
 ``--repeat``), which reports the build's wall time (TensorFlow's start-up excluded: the
 child encodes a JPEG first), the examples written, the TFRecord bytes and its peak resident
-memory (``ru_maxrss``). Printed: keyframes per second and as a fraction of the keyframe
-config's, bytes per keyframe (and per 1000 keyframes), peak memory; and the load average.
+memory (``ru_maxrss``); for a clip config also the bytes of the stored clips alone and each
+clip's PSNR against the source's own frames (``extract_clips`` again, after the timing).
+Then each clip config's dataset is read (every clip decoded: TFDS's JPEG decoding, or
+``clips.decode_clip``) by a child pinned to 1 and to 2 cores (``taskset``),
+``num_parallel_calls`` = cores. Printed: keyframes per second and as a fraction of the
+keyframe config's, bytes per keyframe (and per 1000 keyframes), peak memory, clip bytes and
+H.264 / JPEG ratio, read clips/s, the lowest per-clip PSNR margin of H.264 over JPEG; and
+the load average.
 
 Usage: python benchmarks/build_clips.py [--videos 4] [--seconds 30] [--copies 12] [--repeat 2]
 """
@@ -31,31 +38,94 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = ("v2.2", "v2.2_clips8x8", "v2.2_clips32x2")
+import numpy as np
+
+CONFIGS = ("v2.2", "v2.2_clips8x8", "v2.2_clips8x8_jpeg", "v2.2_clips32x2",
+           "v2.2_clips32x2_jpeg")
 FILM = Path(__file__).resolve().parent.parent / "tests" / "data" / "video" / "bigbuckbunny.mp4"
+
+
+def builder_of(config: str, data_dir: str):
+    """The builder of ``config``: a built-in one, or ``<built-in>_jpeg``, its JPEG twin."""
+    from ava_keyframes.ava_keyframes_dataset_builder import AvaKeyframesConfig, Builder
+
+    if not config.endswith("_jpeg"):
+        return Builder(config=config, data_dir=data_dir)
+    base = Builder.builder_configs[config.removesuffix("_jpeg")]
+    return Builder(config=AvaKeyframesConfig(
+        name=config, clip_length=base.clip_length, clip_stride=base.clip_stride,
+        clip_encoding="jpeg"), data_dir=data_dir)
+
+
+def clip_measures(builder, manual: str) -> dict:
+    """Bytes of the stored clips alone, and each clip's PSNR (key -> dB) against the frames
+    ``extract_clips`` gives from the source (those the build encoded)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from ava_keyframes import clips
+    from ava_keyframes.frames import extract_clips
+
+    config, stored, psnr = builder.builder_config, 0, {}
+    for split in builder.info.splits:
+        ds = builder.as_dataset(split=split, decoders={"clip": tfds.decode.SkipDecoding()})
+        for ex in tfds.as_numpy(ds):
+            frames = ex["clip"]
+            stored += len(frames) if isinstance(frames, bytes) else sum(map(len, frames))
+            video = next(Path(manual, "videos").glob(f"{ex['video_id'].decode()}.*"))
+            (source,) = extract_clips(video, [int(ex["timestamp"])], length=config.clip_length,
+                                      stride=config.clip_stride,
+                                      clip_short_side=config.clip_short_side)
+            decoded = (clips.decode_bytes(frames) if isinstance(frames, bytes) else
+                       np.stack([tf.io.decode_jpeg(data).numpy() for data in frames]))
+            psnr[f"{ex['video_id'].decode()}_{int(ex['timestamp'])}"] = clips.psnr(
+                decoded, source.frames)
+    return {"clip_bytes": stored, "psnr": psnr}
+
+
+def read_child(config: str, out: str, cores: str) -> None:
+    """Read every clip of the built ``config`` on ``cores`` cores; print clips/s (best of 2)."""
+    import tensorflow as tf
+
+    from ava_keyframes import clips
+
+    n = int(cores)
+    builder = builder_of(config, f"{out}/data")
+    best = 0.0
+    for _ in range(2):
+        ds = builder.as_dataset(split="train").concatenate(
+            builder.as_dataset(split="validation"))
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = n
+        ds = ds.with_options(options).map(clips.decode_clip, num_parallel_calls=n)
+        start, count = time.perf_counter(), 0
+        for example in ds:
+            count += int(example["clip"].shape[0] > 0)
+        best = max(best, count / (time.perf_counter() - start))
+    print(json.dumps({"clips_per_s": best}))
 
 
 def child(config: str, manual: str, out: str) -> None:
     """Build ``config`` from ``manual`` into ``out``; print one JSON line of measurements."""
-    import numpy as np
     import tensorflow_datasets as tfds
-
-    from ava_keyframes.ava_keyframes_dataset_builder import Builder
 
     os.environ.update(AVA_KEYFRAMES_SOURCES="local", AVA_KEYFRAMES_CACHE=f"{out}/cache")
     tfds.features.Image().encode_example(np.zeros((8, 8, 3), np.uint8))  # TensorFlow's start-up
-    builder = Builder(config=config, data_dir=f"{out}/data")
+    builder = builder_of(config, f"{out}/data")
     start = time.perf_counter()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual))
     seconds = time.perf_counter() - start
     records = list(Path(builder.data_dir).glob("*.tfrecord-*"))
-    print(json.dumps({
+    got = {
         "seconds": seconds,
         "examples": sum(split.num_examples for split in builder.info.splits.values()),
         "bytes": sum(path.stat().st_size for path in records),
         "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-    }))
+    }
+    if builder.builder_config.clip_length:
+        got.update(clip_measures(builder, manual))
+    print(json.dumps(got))
 
 
 def film_corpus(root: Path, copies: int) -> Path:
@@ -83,14 +153,14 @@ def synthetic_corpus(root: Path, videos: int, seconds: int) -> Path:
     return info.root
 
 
-def run_child(config: str, manual: Path, out: Path) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
+def run_child(*args: str, prefix: tuple[str, ...] = ()) -> dict:
     result = subprocess.run(  # noqa: S603
-        [sys.executable, __file__, "--child", config, str(manual), str(out)],
+        [*prefix, sys.executable, __file__, *args],
         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         check=False)
+    config = args[1]
     if result.returncode != 0:
-        raise SystemExit(f"{config} build failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"{args[0]} {config} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -98,10 +168,16 @@ def measure(manual: Path, work: Path, repeat: int) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for _ in range(repeat):
         for config in CONFIGS:
-            got = run_child(config, manual, work / config)
+            shutil.rmtree(work / config, ignore_errors=True)
+            got = run_child("--child", config, str(manual), str(work / config))
             if config not in best or got["seconds"] < best[config]["seconds"]:
                 best[config] = {**got, "peak_kib": max(got["maxrss_kib"], best.get(
                     config, {}).get("peak_kib", 0))}
+    for config in CONFIGS[1:]:  # the last round's builds, read back
+        for cores in (1, 2):
+            pin = ("taskset", "-c", ",".join(map(str, range(cores))))
+            best[config][f"read_{cores}"] = run_child(
+                "--read", config, str(work / config), str(cores), prefix=pin)["clips_per_s"]
     return best
 
 
@@ -109,20 +185,33 @@ def report(name: str, results: dict[str, dict]) -> None:
     base = results["v2.2"]
     base_rate = base["examples"] / base["seconds"]
     print(f"\n{name}: {base['examples']} keyframes")
-    print(f"{'config':<16}{'kf/s':>8}{'/ v2.2':>8}{'bytes/kf':>11}{'MB/1000 kf':>12}"
-          f"{'x v2.2':>8}{'peak RSS':>10}")
+    print(f"{'config':<20}{'kf/s':>7}{'/ v2.2':>8}{'bytes/kf':>11}{'MB/1000 kf':>11}"
+          f"{'peak RSS':>10}{'clip MB/1000':>13}{'read 1 core':>12}{'2 cores':>9}")
     for config, r in results.items():
         if r["examples"] != base["examples"]:
             raise SystemExit(f"{config}: {r['examples']} examples, v2.2 {base['examples']}")
         rate, per = r["examples"] / r["seconds"], r["bytes"] / r["examples"]
-        print(f"{config:<16}{rate:>8.1f}{rate / base_rate:>7.2f}x{per / 1024:>9.0f} KiB"
-              f"{per * 1000 / 1e6:>12.0f}{per / (base['bytes'] / base['examples']):>7.1f}x"
-              f"{r['peak_kib'] / 1024:>7.0f} MiB")
+        line = (f"{config:<20}{rate:>7.1f}{rate / base_rate:>7.2f}x{per / 1024:>7.0f} KiB"
+                f"{per * 1000 / 1e6:>11.0f}{r['peak_kib'] / 1024:>6.0f} MiB")
+        if "clip_bytes" in r:
+            line += (f"{r['clip_bytes'] / r['examples'] * 1000 / 1e6:>13.0f}"
+                     f"{r['read_1']:>8.1f} c/s{r['read_2']:>5.1f} c/s")
+        print(line)
+    for clip in ("v2.2_clips8x8", "v2.2_clips32x2"):
+        h264, jpeg = results[clip], results[f"{clip}_jpeg"]
+        margin = min(h264["psnr"][key] - jpeg["psnr"][key] for key in jpeg["psnr"])
+        print(f"{clip}: H.264 / JPEG: clip bytes {h264['clip_bytes'] / jpeg['clip_bytes']:.3f}x,"
+              f" build {jpeg['seconds'] / h264['seconds']:.2f}x, read 1 core "
+              f"{h264['read_1'] / jpeg['read_1']:.2f}x, 2 cores "
+              f"{h264['read_2'] / jpeg['read_2']:.2f}x; PSNR mean H.264 "
+              f"{np.mean(list(h264['psnr'].values())):.2f} dB, JPEG "
+              f"{np.mean(list(jpeg['psnr'].values())):.2f} dB, lowest per-clip margin "
+              f"{margin:+.2f} dB over {len(jpeg['psnr'])} clips")
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child(*sys.argv[2:])
+    if len(sys.argv) == 5 and sys.argv[1] in ("--child", "--read"):
+        (child if sys.argv[1] == "--child" else read_child)(*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=4)

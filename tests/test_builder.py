@@ -11,6 +11,7 @@ shown at that second.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import tensorflow_datasets as tfds
 from builder_support import DATASET_FOLDER, LABELMAP, SIZE, TFDS_CLI
 
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
-from ava_keyframes import plan
+from ava_keyframes import clips, plan
 from ava_keyframes.cli import main as cli_main
 from ava_keyframes.mirror import LoopbackMirror
 from ava_keyframes.sources import FetchResult
@@ -479,10 +480,10 @@ def test_plain_tfds_build_builds_v2_2_and_skips_v2_1_in_one_line(e2e, builds):
     lines = builds["plain_output"].splitlines()
     skipped = [line for line in lines if re.match(r"ava_keyframes/\S+: skipped: ", line)]
     assert len(skipped) == 1 and skipped[0].startswith("ava_keyframes/v2.1/2.0.0: skipped: ")
-    for clips in ("v2.2_clips8x8", "v2.2_clips32x2"):  # opt-in: built only when named
-        assert (f"ava_keyframes/{clips}/2.0.0: not built: clip configs are built only when "
-                f"named (--config {clips})") in lines
-        assert not (builds["plain"] / "ava_keyframes" / clips).exists()
+    for name in ("v2.2_clips8x8", "v2.2_clips32x2"):  # opt-in: built only when named
+        assert (f"ava_keyframes/{name}/3.0.0: not built: clip configs are built only when "
+                f"named (--config {name})") in lines
+        assert not (builds["plain"] / "ava_keyframes" / name).exists()
     assert str(e2e["manual"] / "annotations") in skipped[0] and "ava_v2.1.zip" in skipped[0]
     assert not any("Traceback" in line for line in lines)
     assert not any("deprecat" in line.lower() for line in lines)  # no nested ragged features
@@ -573,7 +574,7 @@ def clip_build(e2e, builds, tmp_path_factory):
 
 
 def _by_key(builder, split: str) -> dict[str, dict]:
-    return {f"{ex['video_id'].decode()}_{int(ex['timestamp']):04d}": ex
+    return {f"{ex['video_id'].decode()}_{int(ex['timestamp']):04d}": clips.decode_example(ex)
             for ex in tfds.as_numpy(builder.as_dataset(split=split))}
 
 
@@ -652,17 +653,19 @@ def test_the_detector_reads_a_clip_configs_keyframes_and_leaves_clips_encoded(cl
 
 @pytest.mark.slow
 def test_clips_batch_in_tf_data(clip_build):
-    ds = clip_build["clips"].as_dataset(split="train")
-    clips, padded = next(iter(ds.map(lambda ex: (ex["clip"], ex["clip_padded"])).batch(2)))
-    assert clips.shape == (2, 32, 256, 341, 3) and clips.dtype == "uint8"
+    ds = clip_build["clips"].as_dataset(split="train").map(
+        functools.partial(clips.decode_clip, length=32), num_parallel_calls=2)
+    assert ds.element_spec["clip"].shape.as_list() == [32, None, None, 3]
+    frames, padded = next(iter(ds.map(lambda ex: (ex["clip"], ex["clip_padded"])).batch(2)))
+    assert frames.shape == (2, 32, 256, 341, 3) and frames.dtype == "uint8"
     assert padded.shape == (2,)
     batch = next(iter(tfds.as_numpy(ds.padded_batch(3))))
     assert batch["clip"].shape == (3, 32, 256, 341, 3) and batch["objects"]["labels"].ndim == 3
     # the dataset card's recipe: clips cropped to one size, then batched with their targets
     cropped = ds.map(lambda ex: (tf.image.resize_with_crop_or_pad(ex["clip"], 224, 224),
                                  ex["objects"]["bbox"], ex["objects"]["labels"]))
-    clips, boxes, labels = next(iter(cropped.padded_batch(3)))
-    assert clips.shape == (3, 32, 224, 224, 3) and clips.dtype == "uint8"
+    frames, boxes, labels = next(iter(cropped.padded_batch(3)))
+    assert frames.shape == (3, 32, 224, 224, 3) and frames.dtype == "uint8"
     assert boxes.shape[::2] == (3, 4) and labels.shape[::2] == (3, 80)
 
 

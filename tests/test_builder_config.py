@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from builder_support import DATASET_FOLDER, LABELMAP, TFDS_CLI
 
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
-from ava_keyframes import plan
+from ava_keyframes import clips, plan
 from ava_keyframes.finished import FinishedStore
 from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import FetchResult
@@ -121,6 +121,9 @@ def test_clip_options_are_validated():
     with pytest.raises(ValueError, match="clip_short_side .* not 100000"):
         builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=2,
                                           clip_short_side=100_000)
+    with pytest.raises(ValueError, match="clip_encoding must be one of h264, jpeg, not 'png'"):
+        builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=2,
+                                          clip_encoding="png")
 
 
 def test_only_clip_configs_have_clip_features(tmp_path):
@@ -129,10 +132,16 @@ def test_only_clip_configs_have_clip_features(tmp_path):
 
     for name in ("v2.2", "v2.1"):
         assert "clip" not in features(name) and "clip_padded" not in features(name)
-    for name, length in (("v2.2_clips8x8", 8), ("v2.2_clips32x2", 32)):
+    for name in ("v2.2_clips8x8", "v2.2_clips32x2"):  # one H.264 stream per clip
         clip = features(name)["clip"]
-        assert isinstance(clip, tfds.features.Video) and clip.shape == (length, None, None, 3)
+        assert isinstance(clip, tfds.features.Tensor) and clip.dtype == tf.string
         assert features(name)["image"].shape == (None, None, 3)  # the keyframe, as in v2.2
+        assert builder_module.Builder(config=name, data_dir=str(tmp_path)).version == "3.0.0"
+    jpeg = builder_module.AvaKeyframesConfig(name="x", clip_length=8, clip_stride=8,
+                                             clip_encoding="jpeg")
+    clip = features(jpeg)["clip"]
+    assert isinstance(clip, tfds.features.Video) and clip.shape == (8, None, None, 3)
+    assert builder_module.Builder(config="v2.2", data_dir=str(tmp_path)).version == "2.0.0"
     config = builder_module.Builder.builder_configs["v2.2_clips32x2"]
     assert (config.clip_length, config.clip_stride, config.clip_short_side) == (32, 2, 256)
 
@@ -166,11 +175,9 @@ def test_clips_are_padded_and_counted_at_both_edges(tmp_path):
 
 
 def _decoded(example: dict) -> dict:
-    """``example`` with its stored JPEGs decoded to arrays."""
-    decoded = {**example, "image": tf.io.decode_jpeg(example["image"]).numpy()}
-    if "clip" in example:
-        decoded["clip"] = np.stack([tf.io.decode_jpeg(f).numpy() for f in example["clip"]])
-    return decoded
+    """``example`` with its stored JPEG and H.264 clip decoded to arrays."""
+    return clips.decode_example({**example,
+                                 "image": tf.io.decode_jpeg(example["image"]).numpy()})
 
 
 def test_an_unusable_cache_is_a_one_line_build_error(tmp_path, monkeypatch):

@@ -1,0 +1,108 @@
+"""Clips stored as one short H.264 video each, and the step that decodes them (issue 27).
+
+A clip config stores its ``T`` clip frames either as ``T`` JPEGs (``clip_encoding:
+"jpeg"``, a ``tfds.features.Video``) or, by default, as one H.264 stream (``"h264"``):
+libx264 from PyAV's wheel, 4:4:4 chroma (any frame size, odd widths included: clip frames
+are 455 px wide for 16:9 films), one intra frame then P frames (``g`` = the clip length, no
+B-frames), ``crf`` 14, preset ``superfast``. Measured in ``benchmarks/build_clips.py``: a
+32 x 2 clip of 720p film takes 0.20x the bytes of its JPEG q95 frames (8 x 8: 0.28x) at a
+PSNR against the source within 1 dB of theirs (frame stamps survive: ``stamp.py``).
+
+Reading: ``ds.map(clips.decode_clip, num_parallel_calls=...)`` turns the stored bytes into
+``uint8 [T, H, W, 3]`` inside tf.data (PyAV decodes with the GIL released, so parallel
+calls use several cores); ``clips.decode_example`` does the same for an example of
+``tfds.as_numpy``. Both leave an example of a JPEG clip config, or of a keyframe config,
+as it is.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import av
+import numpy as np
+import tensorflow as tf
+
+ENCODINGS = ("h264", "jpeg")
+"""``clip_encoding`` values: one H.264 stream per clip, or one JPEG per clip frame."""
+
+X264_OPTIONS = {"crf": "14", "preset": "superfast", "bf": "0", "threads": "1"}
+"""libx264 settings, chosen by measurement (``benchmarks/README.md``, ``build_clips.py``):
+crf 14 keeps the PSNR within 1 dB of JPEG q95 on the synthetic corpus' noisy texture;
+one thread: a clip's 8-32 small frames gave x264's frame threads no clear gain here."""
+
+VERSION = "3.0.0"
+"""The version of the clip configs (``v2.2`` and ``v2.1`` stay at the builder's)."""
+RELEASE_NOTES = {
+    "3.0.0": "clip configs: clip_encoding, by default \"h264\": each clip one short H.264 "
+             "stream (0.2-0.3x the bytes of JPEG frames), decoded by ava_keyframes.clips; "
+             "\"jpeg\" keeps the JPEG frames of 2.0.0.",
+}
+
+_RATE = 30  # nominal: a clip's frames carry no times, only their order
+
+
+def encode(frames: np.ndarray) -> bytes:
+    """``uint8 [T, H, W, 3]`` RGB frames -> one raw H.264 stream (Annex B) of ``T`` frames."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"clip frames must be uint8 [T, H, W, 3], not {frames.dtype} "
+                         f"{list(frames.shape)}")
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=_RATE)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
+        stream.options = {**X264_OPTIONS, "g": str(len(frames))}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def decode_bytes(data: bytes) -> np.ndarray:
+    """One stored H.264 clip -> ``uint8 [T, H, W, 3]`` RGB; ValueError for bytes that are
+    not one."""
+    try:
+        with av.open(io.BytesIO(data), format="h264") as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "NONE"  # parallelism comes from tf.data's parallel calls
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    except (av.FFmpegError, IndexError) as error:
+        raise ValueError(f"not an H.264 clip ({len(data)} bytes): {error}") from None
+    if not frames:
+        raise ValueError(f"not an H.264 clip ({len(data)} bytes): no frame decoded")
+    return np.stack(frames)
+
+
+def decode(data: tf.Tensor, length: int | None = None) -> tf.Tensor:
+    """The tf.data step: a scalar ``tf.string`` clip -> ``uint8 [T, H, W, 3]`` (``T`` static
+    when ``length`` is given). Runs PyAV through ``tf.numpy_function``, so it works in
+    ``ds.map(..., num_parallel_calls=...)``, several clips decoding at once."""
+    frames = tf.numpy_function(decode_bytes, [data], tf.uint8, stateful=False)
+    frames.set_shape([length, None, None, 3])
+    return frames
+
+
+def decode_clip(example: dict[str, Any], length: int | None = None) -> dict[str, Any]:
+    """For ``ds.map``: the example with its ``clip`` decoded (a JPEG config's, or an example
+    without a clip, unchanged); ``length`` (``clip_length``) makes the first dimension static."""
+    clip = example.get("clip")
+    if clip is None or clip.dtype != tf.string:
+        return example
+    return {**example, "clip": decode(clip, length)}
+
+
+def decode_example(example: dict[str, Any]) -> dict[str, Any]:
+    """For ``tfds.as_numpy`` examples: the same arrays as :func:`decode_clip` gives."""
+    clip = example.get("clip")
+    if not isinstance(clip, bytes):
+        return example
+    return {**example, "clip": decode_bytes(clip)}
+
+
+def psnr(decoded: np.ndarray, source: np.ndarray) -> float:
+    """Mean over frames of each frame's PSNR (dB) against ``source``: the quality bar of
+    ``clip_encoding`` (``benchmarks/build_clips.py``, ``tests/test_clips.py``); an
+    identical frame counts as 100 dB."""
+    error = np.mean((decoded.astype(np.float64) - source) ** 2, axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(error, 255.0**2 / 1e10))))

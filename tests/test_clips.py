@@ -1,0 +1,106 @@
+"""Clips stored as one H.264 stream (issue 27): every decoded frame is still the frame the
+rule names, the quality stays within 1 dB of JPEG q95 frames, and tf.data reads them."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ava_keyframes import clips, features
+from ava_keyframes.frames import extract_clips
+from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
+from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
+
+SECONDS = [0, 1.5, 2.9]  # the first and last clips reach past the video's ends
+SHORT_SIDE = 103  # 183 x 103: odd sizes, as 455 x 256 clip frames of 16:9 films
+
+
+@pytest.fixture(scope="module")
+def source_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], list]:
+    path = tmp_path_factory.mktemp("clips") / "stamped.mp4"
+    write_stamped_video(path, duration=3.0, fps=30, size=(320, 180))
+    return {(length, stride): list(extract_clips(Path(path), SECONDS, length=length,
+                                                 stride=stride, clip_short_side=SHORT_SIDE))
+            for length, stride in ((8, 8), (32, 2))}
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (32, 2)])
+def test_every_decoded_frame_is_the_frame_extracted(source_clips, shape):
+    padded = 0
+    for clip in source_clips[shape]:
+        decoded = clips.decode_bytes(clips.encode(clip.frames))
+        assert decoded.shape == clip.frames.shape == (shape[0], 103, 183, 3)
+        assert [read_frame_stamp(f) for f in decoded] == [read_frame_stamp(f)
+                                                          for f in clip.frames]
+        padded += clip.padded
+    stamps = [read_frame_stamp(f) for f in clips.decode_bytes(
+        clips.encode(source_clips[shape][0].frames))]
+    assert stamps[0] == 0 and padded > 0  # padding repeats frame 0, and is still counted
+
+
+def test_quality_within_1_db_of_jpeg_q95_clips(source_clips):
+    jpeg = tfds.features.Video(shape=(None, None, None, 3), encoding_format="jpeg")
+    for clip in source_clips[(32, 2)] + source_clips[(8, 8)]:
+        h264 = clips.psnr(clips.decode_bytes(clips.encode(clip.frames)), clip.frames)
+        from_jpeg = np.stack([tf.io.decode_jpeg(data).numpy()
+                              for data in jpeg.encode_example(clip.frames)])
+        assert h264 >= clips.psnr(from_jpeg, clip.frames) - 1.0, clip.second
+        assert h264 > 35.0  # a sanity floor: the bar is relative, so a broken JPEG path
+                            # must not drag it down
+
+
+def test_clip_bytes_are_a_fraction_of_jpeg_frames(source_clips):
+    jpeg = tfds.features.Video(shape=(None, None, None, 3), encoding_format="jpeg")
+    for clip in source_clips[(32, 2)]:
+        jpeg_bytes = sum(len(data) for data in jpeg.encode_example(clip.frames))
+        assert len(clips.encode(clip.frames)) < 0.3 * jpeg_bytes
+
+
+def test_stored_clips_decode_in_a_parallel_padded_batch_pipeline(source_clips):
+    names = read_labelmap(default_labelmap_path()).names
+    spec = features.keyframe_features(names, clip_length=8)
+    labelmap = read_labelmap(default_labelmap_path())
+    stored = [spec.serialize_example(features.example("v", int(clip.second), [], clip.keyframe,
+                                                      labelmap, clip))
+              for clip in source_clips[(8, 8)]]
+    ds = tf.data.Dataset.from_tensor_slices(stored).map(spec.deserialize_example)
+    assert ds.element_spec["clip"].dtype == tf.string
+    ds = ds.map(functools.partial(clips.decode_clip, length=8), num_parallel_calls=2)
+    assert ds.element_spec["clip"].shape.as_list() == [8, None, None, 3]
+    (batch,) = list(tfds.as_numpy(ds.padded_batch(3)))
+    assert batch["clip"].shape == (3, 8, 103, 183, 3) and batch["clip"].dtype == np.uint8
+    for frames, clip in zip(batch["clip"], source_clips[(8, 8)], strict=True):
+        assert [read_frame_stamp(f) for f in frames] == [read_frame_stamp(f)
+                                                         for f in clip.frames]
+    assert list(batch["clip_padded"]) == [clip.padded for clip in source_clips[(8, 8)]]
+    # tfds.as_numpy users decode an example with decode_example: the same arrays
+    example = next(iter(tfds.as_numpy(tf.data.Dataset.from_tensor_slices(stored[:1])
+                                      .map(spec.deserialize_example))))
+    np.testing.assert_array_equal(clips.decode_example(example)["clip"], batch["clip"][0])
+
+
+def test_jpeg_clip_configs_store_and_read_frames_as_before(source_clips):
+    names = read_labelmap(default_labelmap_path()).names
+    spec = features.keyframe_features(names, clip_length=8, clip_encoding="jpeg")
+    clip = source_clips[(8, 8)][1]
+    stored = spec.serialize_example(features.example(
+        "v", 1, [], clip.keyframe, read_labelmap(default_labelmap_path()), clip, "jpeg"))
+    example = spec.deserialize_example(tf.constant(stored))
+    assert clips.decode_clip(example)["clip"] is example["clip"]  # already frames
+    keyframe_only = {"image": example["image"]}
+    assert clips.decode_clip(keyframe_only) is keyframe_only
+    assert clips.decode_example(keyframe_only) is keyframe_only
+    assert [read_frame_stamp(f) for f in example["clip"].numpy()] == [
+        read_frame_stamp(f) for f in clip.frames]
+
+
+def test_bytes_that_are_not_a_clip_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"^not an H.264 clip \(5 bytes\)"):
+        clips.decode_bytes(b"junk!")
+    with pytest.raises(ValueError, match=r"clip frames must be uint8 \[T, H, W, 3\]"):
+        clips.encode(np.zeros((4, 8, 8), np.uint8))
