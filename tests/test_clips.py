@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ava_keyframes import clips, features
+from ava_keyframes.finished import EncodedFrame
 from ava_keyframes.frames import extract_clips
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
@@ -61,12 +62,21 @@ def test_clip_bytes_are_a_fraction_of_jpeg_frames(source_clips):
         assert len(clips.encode(clip.frames)) < 0.3 * jpeg_bytes
 
 
+def _stored(spec, clip, encoding: str = "h264") -> EncodedFrame:
+    """``clip`` as the finished store keeps it: JPEG keyframe, clip as ``encoding`` says."""
+    encode = spec["image"].encode_example
+    frames = ([encode(frame) for frame in clip.frames] if encoding == "jpeg"
+              else [clips.encode(clip.frames)])
+    height, width = clip.keyframe.shape[:2]
+    return EncodedFrame(int(clip.second), encode(clip.keyframe), width, height, frames,
+                        clip.padded)
+
+
 def test_stored_clips_decode_in_a_parallel_padded_batch_pipeline(source_clips):
     names = read_labelmap(default_labelmap_path()).names
     spec = features.keyframe_features(names, clip_length=8)
     labelmap = read_labelmap(default_labelmap_path())
-    stored = [spec.serialize_example(features.example("v", int(clip.second), [], clip.keyframe,
-                                                      labelmap, clip))
+    stored = [spec.serialize_example(features.example("v", [], _stored(spec, clip), labelmap))
               for clip in source_clips[(8, 8)]]
     ds = tf.data.Dataset.from_tensor_slices(stored).map(spec.deserialize_example)
     assert ds.element_spec["clip"].dtype == tf.string
@@ -89,7 +99,7 @@ def test_jpeg_clip_configs_store_and_read_frames_as_before(source_clips):
     spec = features.keyframe_features(names, clip_length=8, clip_encoding="jpeg")
     clip = source_clips[(8, 8)][1]
     stored = spec.serialize_example(features.example(
-        "v", 1, [], clip.keyframe, read_labelmap(default_labelmap_path()), clip, "jpeg"))
+        "v", [], _stored(spec, clip, "jpeg"), read_labelmap(default_labelmap_path()), "jpeg"))
     example = spec.deserialize_example(tf.constant(stored))
     assert clips.decode_clip(example)["clip"] is example["clip"]  # already frames
     keyframe_only = {"image": example["image"]}
