@@ -37,7 +37,6 @@ from ava_keyframes.pose import RUN, WALK, Look, draw_figure, person_angles
 from ava_keyframes.stamp import MAX_FRAME_INDEX, check_format, exact_fps, scrolling_texture
 from ava_keyframes.synth import (
     CorpusInfo,
-    Scene,
     _encode_videos,
     _write_rows,
     prepare_folders,
@@ -185,29 +184,38 @@ def noise_background(size: tuple[int, int], rng: np.random.Generator) -> np.ndar
     return frame
 
 
-def make_csv_corpus(
-    out: str | os.PathLike,
-    *,
+@dataclass
+class World:
+    """A planned slice: what each video will show, before anything is encoded."""
+
+    source: Path
+    ids: dict[str, list[str]]
+    """Video ids per split (``train``, ``val``)."""
+    scenes: dict[str, CsvScene]
+    rate: Fraction
+    first: int
+    """Index of the first rendered frame (the slice's first second)."""
+    rejected: int
+    """Rows of ``source`` that its reader rejected (reported, not rendered)."""
+
+
+def plan_world(
     csv: str | os.PathLike | None = None,
+    *,
     videos: int = 4,
     start: int = 902,
     seconds: int = 10,
     fps: float | Fraction = 30,
     size: tuple[int, int] = (320, 240),
-    container: str = "mp4",
     background: str = "footage",
     seed: int = 0,
-) -> tuple[CorpusInfo, int]:
-    """Write the world for a slice of ``csv`` (see the module docstring) into ``out``.
-
-    Returns the corpus and the number of rows of ``csv`` that its reader rejected (they are
-    reported, not rendered)."""
+) -> World:
+    """Read ``csv``, take the slice and plan every video's scene (see the module docstring)."""
     if videos < 2 or seconds < 1 or start < 0:
         raise ValueError(f"need videos >= 2 (train and val), seconds >= 1, start >= 0; got "
                          f"{videos}, {seconds}, {start}")
     if background not in ("footage", "noise"):
         raise ValueError(f"background must be footage or noise, not {background!r}")
-    check_format(size, container)
     source = Path(csv) if csv is not None else DEFAULT_CSV
     if not source.is_file():
         raise ValueError(f"{source}: no such AVA CSV (outside a source checkout, give one)")
@@ -225,20 +233,40 @@ def make_csv_corpus(
     if end - 1 > MAX_FRAME_INDEX:
         raise ValueError(f"{start + seconds} s at {float(rate):g} fps is more than the "
                          f"{MAX_FRAME_INDEX + 1} frames a stamp can number")
-    root = Path(out)
-    prepare_folders(root)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ids))
     val_count = min(len(ids) - 1, max(1, round(0.3 * len(ids))))
     val = sorted(ids[i] for i in order[:val_count])
-    info = CorpusInfo(root, {"train": [v for v in ids if v not in val], "val": val}, {}, rate,
-                      size, container, start, seconds)
     times = np.arange(first, end) / float(rate)
-    scenes: dict[str, Scene] = {}
-    for video_id in ids:
-        paint = footage_background if background == "footage" else noise_background
-        scenes[video_id] = CsvScene(link_persons(by_video[video_id], rng), paint(size, rng),
-                                    times, size)
-    rows = _encode_videos(info, scenes, len(times), first, rng)
+    paint = footage_background if background == "footage" else noise_background
+    scenes = {video_id: CsvScene(link_persons(by_video[video_id], rng), paint(size, rng),
+                                 times, size) for video_id in ids}
+    return World(source, {"train": [v for v in ids if v not in val], "val": val}, scenes, rate,
+                 first, len(annotations.report))
+
+
+def make_csv_corpus(
+    out: str | os.PathLike,
+    csv: str | os.PathLike | None = None,
+    *,
+    container: str = "mp4",
+    seed: int = 0,
+    **slice_options,
+) -> tuple[CorpusInfo, int]:
+    """Write the world for a slice of ``csv`` (options of ``plan_world``) into ``out``.
+
+    Returns the corpus and the number of rows of ``csv`` that its reader rejected (they are
+    reported, not rendered)."""
+    size = slice_options.get("size", (320, 240))
+    check_format(size, container)
+    world = plan_world(csv, seed=seed, **slice_options)
+    root = Path(out)
+    prepare_folders(root)
+    start = slice_options.get("start", 902)
+    seconds = slice_options.get("seconds", 10)
+    info = CorpusInfo(root, world.ids, {}, world.rate, size, container, start, seconds)
+    count = len(next(iter(world.scenes.values())).times)
+    rows = _encode_videos(info, dict(world.scenes), count, world.first,
+                          np.random.default_rng(seed + 1))
     _write_rows(info, rows, {split: set() for split in info.ids})
-    return info, len(annotations.report)
+    return info, world.rejected
