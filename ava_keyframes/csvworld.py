@@ -14,6 +14,8 @@ pose switches halfway between keyframes, so every keyframe shows its own row's a
 Timing is AVA's: keyframe second t is at t seconds in the video; the frames before the
 slice are a shared still part (``ava_keyframes.synth``), and every frame carries its index
 stamp, which covers the top rows of the frame (a box reaching into it is hidden there).
+A video whose id is on the CVDF mirror's list is written in that file's container (mp4, mkv
+or webm), as the mirror path looks it up by that name; others in ``container``.
 Split by video: about 30 % of the slice's videos (at least one) are val, the rest train.
 The excluded-timestamps CSVs are empty: every row of the slice is kept.
 """
@@ -34,6 +36,7 @@ from ava_keyframes.annotations import Person, read_annotations
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 from ava_keyframes.media import VideoError, ffmpeg_binary
 from ava_keyframes.pose import RUN, WALK, Look, draw_figure, person_angles
+from ava_keyframes.sources import mirror_file_names
 from ava_keyframes.stamp import MAX_FRAME_INDEX, check_format, exact_fps, scrolling_texture
 from ava_keyframes.synth import (
     CorpusInfo,
@@ -266,7 +269,10 @@ def make_csv_corpus(
     seconds = slice_options.get("seconds", 10)
     info = CorpusInfo(root, world.ids, {}, world.rate, size, container, start, seconds)
     count = len(next(iter(world.scenes.values())).times)
+    listed = mirror_file_names()  # a real id keeps its real container (mirrors look it up)
+    containers = {video_id: listed[video_id].rsplit(".", 1)[1] for video_id in world.scenes
+                  if video_id in listed}
     rows = _encode_videos(info, dict(world.scenes), count, world.first,
-                          np.random.default_rng(seed + 1))
+                          np.random.default_rng(seed + 1), containers)
     _write_rows(info, rows, {split: set() for split in info.ids})
     return info, world.rejected

@@ -306,29 +306,34 @@ class Scene(Protocol):
 
 
 def _encode_videos(info: CorpusInfo, scenes: dict[str, Scene], count: int, first: int,
-                   rng: np.random.Generator) -> dict[str, list[tuple]]:
-    """Write every video (the shared still part joined to its own ``count`` frames); return
-    each video's annotation rows."""
+                   rng: np.random.Generator, containers: dict[str, str] | None = None
+                   ) -> dict[str, list[tuple]]:
+    """Write every video (the still part of its container joined to its own ``count``
+    frames) in ``containers[video_id]`` (default ``info.container``); return each video's
+    annotation rows."""
     rows: dict[str, list[tuple]] = {}
-    container = info.container
+    container_of = {video_id: (containers or {}).get(video_id, info.container)
+                    for video_id in scenes}
     with tempfile.TemporaryDirectory(dir=info.root, prefix=".synth-") as scratch_dir:
         scratch = Path(scratch_dir)
-        # Two workers: the still part and the videos' own parts encode side by side.
+        # Two workers: the still parts and the videos' own parts encode side by side.
         pool = ThreadPoolExecutor(max_workers=2)
         try:
             still_seed = int(rng.integers(2**31))
-            still = pool.submit(_encode_still, scratch / f"still.{container}", first, still_seed,
-                                info) if first else None
+            stills = {c: pool.submit(_encode_still, scratch / f"still.{c}", first, still_seed,
+                                     info, c)
+                      for c in sorted(set(container_of.values()))} if first else {}
             parts = {
-                video_id: pool.submit(_encode_part, scratch / f"{video_id}.{container}",
-                                      scenes[video_id], count, first, info)
-                for video_id in scenes
+                video_id: pool.submit(_encode_part, scratch / f"{video_id}.{c}",
+                                      scenes[video_id], count, first, info, c)
+                for video_id, c in container_of.items()
             }
-            for video_id in scenes:
+            for video_id, container in container_of.items():
                 path = info.root / "videos" / f"{video_id}.{container}"
-                if still:
+                if stills:
                     joined = scratch / f"joined.{container}"
-                    _join(still.result(), parts[video_id].result(), joined, container)
+                    _join(stills[container].result(), parts[video_id].result(), joined,
+                          container)
                     shutil.move(joined, path)
                 else:
                     shutil.move(parts[video_id].result(), path)
@@ -374,21 +379,22 @@ def prepare_folders(root: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
-def _encode_still(path: Path, count: int, seed: int, info: CorpusInfo) -> Path:
+def _encode_still(path: Path, count: int, seed: int, info: CorpusInfo, container: str) -> Path:
     """The frames before the first keyframe: one still picture, stamped 0 .. count-1."""
     still = np.empty((info.size[1], info.size[0], 3), dtype=np.uint8)
     scrolling_texture(info.size, seed)(still, 0.0)
     encode_frames(path, count=count, first_index=0,
                   paint=lambda frame, _index: np.copyto(frame, still),
-                  size=info.size, container=info.container, fps=info.fps)
+                  size=info.size, container=container, fps=info.fps)
     return path
 
 
-def _encode_part(path: Path, scene: Scene, count: int, first: int, info: CorpusInfo) -> Path:
+def _encode_part(path: Path, scene: Scene, count: int, first: int, info: CorpusInfo,
+                 container: str) -> Path:
     """A video's own frames, stamped from ``first`` on."""
     encode_frames(path, count=count, first_index=first,
                   paint=lambda frame, index: scene.paint(frame, index - first), size=info.size,
-                  container=info.container, fps=info.fps)
+                  container=container, fps=info.fps)
     return path
 
 
