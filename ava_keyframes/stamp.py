@@ -191,7 +191,8 @@ def encode_frames(
     cmd += _encoder_args(container, fps)
     if start_time:
         cmd += ["-output_ts_offset", f"{start_time:.6f}"]
-    cmd += ["-f", CONTAINERS[container], str(path.resolve())]
+    # bitexact: no random ids (Matroska segment UID) or encoder strings, same seed same bytes
+    cmd += ["-fflags", "+bitexact", "-f", CONTAINERS[container], str(path.resolve())]
     frame = np.zeros((height, width, 3), dtype=np.uint8)
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=errors)  # noqa: S603

@@ -238,7 +238,7 @@ def _join(first: Path, second: Path, out: Path, container: str) -> None:
     listing.write_text(f"file '{first.name}'\nfile '{second.name}'\n", encoding="utf-8")
     cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "concat",
            "-i", str(listing.resolve()), "-map", "0:v:0", "-c", "copy",
-           "-f", CONTAINERS[container], str(out.resolve())]
+           "-fflags", "+bitexact", "-f", CONTAINERS[container], str(out.resolve())]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # noqa: S603
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["ffmpeg failed"])[-1]
