@@ -385,7 +385,7 @@ def _encode_still(path: Path, count: int, seed: int, info: CorpusInfo, container
     scrolling_texture(info.size, seed)(still, 0.0)
     encode_frames(path, count=count, first_index=0,
                   paint=lambda frame, _index: np.copyto(frame, still),
-                  size=info.size, container=container, fps=info.fps)
+                  size=info.size, container=container, fps=info.fps, bitexact=True)
     return path
 
 
@@ -394,7 +394,7 @@ def _encode_part(path: Path, scene: Scene, count: int, first: int, info: CorpusI
     """A video's own frames, stamped from ``first`` on."""
     encode_frames(path, count=count, first_index=first,
                   paint=lambda frame, index: scene.paint(frame, index - first), size=info.size,
-                  container=container, fps=info.fps)
+                  container=container, fps=info.fps, bitexact=True)
     return path
 
 
