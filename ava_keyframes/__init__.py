@@ -36,6 +36,7 @@ _EXPORTS = {
     "sources": ["FetchResult", "VideoCache"],
     "stamp": ["read_frame_stamp", "write_stamped_video"],
     "synth": ["CorpusInfo", "make_corpus"],
+    "csvworld": ["make_csv_corpus", "plan_world"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

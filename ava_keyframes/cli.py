@@ -78,16 +78,44 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if not 1 <= fps <= MAX_SYNTH_FPS:
         raise CliError(f"--fps: {args.fps} outside 1..{MAX_SYNTH_FPS} (every annotated second "
                        "needs a frame of its own)")
+    size = (int(width), int(height))
+    if args.from_csv is not None:
+        return _synth_from_csv(args, fps, size)
+    if args.videos is None or args.seconds is None:
+        raise CliError("--videos and --seconds are needed (or --from-csv)")
     with user_errors(ValueError, VideoError, OSError):
         info = make_corpus(args.out, videos=args.videos, seconds=args.seconds, start=args.start,
-                           fps=fps, size=(int(width), int(height)),
-                           container=args.container, seed=args.seed)
+                           fps=fps, size=size, container=args.container, seed=args.seed)
+    _print_corpus(args, info)
+    return 0
+
+
+def _synth_from_csv(args: argparse.Namespace, fps: float, size: tuple[int, int]) -> int:
+    from ava_keyframes.csvworld import make_csv_corpus
+    from ava_keyframes.media import VideoError
+
+    csv = None if args.from_csv == "default" else args.from_csv
+    args.videos = 4 if args.videos is None else args.videos
+    args.seconds = 10 if args.seconds is None else args.seconds
+    with user_errors(ValueError, VideoError, OSError):
+        info, rejected = make_csv_corpus(
+            args.out, csv=csv, videos=args.videos, start=args.start, seconds=args.seconds,
+            fps=fps, size=size, container=args.container, background=args.background,
+            seed=args.seed)
+    _print_corpus(args, info)
+    if rejected:
+        print(f"{rejected} rows of the CSV were rejected and not rendered; "
+              f"`ava-keyframes inspect` lists them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_corpus(args: argparse.Namespace, info) -> None:
     counts = ", ".join(f"{len(ids)} {split}" for split, ids in info.ids.items())
     print(f"{len(info.videos)} videos ({counts}) of {args.start + args.seconds} s at {args.fps} "
           f"fps, {args.size} {args.container}: {info.root / 'videos'}")
     print(f"keyframes {args.start}..{args.start + args.seconds - 1} annotated: "
           f"{info.annotations_dir}")
-    return 0
 
 
 # --- download ---
@@ -257,8 +285,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                        "val CSVs, label map, excluded timestamps) in the real AVA formats. "
                        "Every frame carries its index in a stamp along the top edge.")
     p.add_argument("out", help="new or empty output folder")
-    p.add_argument("--videos", type=int, required=True, help="number of videos")
-    p.add_argument("--seconds", type=int, required=True, help="annotated seconds per video")
+    p.add_argument("--videos", type=int,
+                   help="number of videos (with --from-csv: the first N ids, default 4)")
+    p.add_argument("--seconds", type=int,
+                   help="annotated seconds per video (with --from-csv: the slice, default 10)")
+    p.add_argument("--from-csv", nargs="?", const="default", metavar="CSV",
+                   help="render real AVA rows as articulated figures (pose shows the action); "
+                   "CSV defaults to the real val subset in tests/data/ava (source checkout)")
+    p.add_argument("--background", choices=("footage", "noise"), default="footage",
+                   help="with --from-csv: real footage (Big Buck Bunny crops) or noise")
     p.add_argument("--start", type=int, default=902,
                    help="first keyframe second; videos are START+SECONDS long (default 902)")
     p.add_argument("--fps", default="30",

@@ -176,9 +176,11 @@ def encode_frames(
     fps: Fraction,
     vfr: bool = False,
     start_time: float = 0.0,
+    bitexact: bool = False,
 ) -> None:
     """Pipe ``count`` raw RGB frames into ffmpeg; frame k is painted as, and stamped with,
-    index ``first_index + k``. CFR at ``fps``, or the ``_VFR_GAPS`` pattern when ``vfr``."""
+    index ``first_index + k``. CFR at ``fps``, or the ``_VFR_GAPS`` pattern when ``vfr``.
+    ``bitexact``: no random ids (Matroska's segment UID) or version strings in the file."""
     if first_index + count - 1 > MAX_FRAME_INDEX:
         raise ValueError(f"{first_index + count} frames exceed the stamp's {MAX_FRAME_INDEX + 1}")
     width, height = size
@@ -191,6 +193,8 @@ def encode_frames(
     cmd += _encoder_args(container, fps)
     if start_time:
         cmd += ["-output_ts_offset", f"{start_time:.6f}"]
+    if bitexact:
+        cmd += ["-fflags", "+bitexact"]
     cmd += ["-f", CONTAINERS[container], str(path.resolve())]
     frame = np.zeros((height, width, 3), dtype=np.uint8)
     with tempfile.TemporaryFile() as errors:

@@ -25,10 +25,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -241,17 +243,13 @@ def _join(first: Path, second: Path, out: Path, container: str) -> None:
     listing.write_text(f"file '{first.name}'\nfile '{second.name}'\n", encoding="utf-8")
     cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "concat",
            "-i", str(listing.resolve()), "-map", "0:v:0", "-c", "copy",
-           "-f", CONTAINERS[container], str(out.resolve())]
+           "-fflags", "+bitexact", "-f", CONTAINERS[container], str(out.resolve())]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # noqa: S603
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["ffmpeg failed"])[-1]
         raise VideoError(f"{out}: could not join {first.name} and {second.name} ({reason})")
 
 
-def _row(video_id: str, second: int, box: np.ndarray, action: int, person_id: int,
-         size: tuple[int, int]) -> tuple:
-    width, height = size
-    return (video_id, second, *(box / (width, height, width, height)), action, person_id)
 
 
 def make_corpus(
@@ -282,52 +280,66 @@ def make_corpus(
         raise ValueError(f"{start + seconds} s at {float(rate):g} fps is more than the "
                          f"{MAX_FRAME_INDEX + 1} frames a stamp can number")
     root = Path(out)
-    for folder in (root / "videos", root / "annotations"):
-        if folder.exists() and any(folder.iterdir()):
-            raise ValueError(f"{folder} is not empty; make the corpus in a new folder")
-        folder.mkdir(parents=True, exist_ok=True)
+    prepare_folders(root)
     rng = np.random.default_rng(seed)
     ids = _video_ids(rng, videos)
     val_count = min(videos - 1, max(1, round(0.3 * videos)))
     info = CorpusInfo(root, {"train": ids[: videos - val_count], "val": ids[videos - val_count :]},
                       {}, rate, size, container, start, seconds)
     times = np.arange(first, end) / float(rate)
-    tracks = {video_id: _tracks(rng, times, start, start + seconds, size) for video_id in ids}
-    rows = _encode_videos(info, tracks, times, first, rng)
+    scenes: dict[str, Scene] = {
+        video_id: _ColourScene(_tracks(rng, times, start, start + seconds, size),
+                               scrolling_texture(size, int(rng.integers(2**31))), times, size)
+        for video_id in ids}
+    rows = _encode_videos(info, scenes, len(times), first, rng)
     _write_annotations(info, rows, rng)
     return info
 
 
-def _encode_videos(info: CorpusInfo, tracks: dict[str, list[_Track]], times: np.ndarray,
-                   first: int, rng: np.random.Generator) -> dict[str, list[tuple]]:
-    """Write every video (the shared still part joined to its own part); return each video's
+class Scene(Protocol):
+    """What one video shows over its own frames (k = 0 .. count-1, at ``times[k]``)."""
+
+    def paint(self, frame: np.ndarray, k: int) -> None:
+        """Fill ``frame`` (height, width, 3) with frame k (the stamp is drawn afterwards)."""
+
+    def rows(self, k: int) -> list[tuple[tuple[float, float, float, float], int, int]]:
+        """Annotation rows of frame k: (normalized x1, y1, x2, y2), action id, person id."""
+
+
+def _encode_videos(info: CorpusInfo, scenes: dict[str, Scene], count: int, first: int,
+                   rng: np.random.Generator, containers: dict[str, str] | None = None
+                   ) -> dict[str, list[tuple]]:
+    """Write every video (the still part of its container joined to its own ``count``
+    frames) in ``containers[video_id]`` (default ``info.container``); return each video's
     annotation rows."""
     rows: dict[str, list[tuple]] = {}
-    container = info.container
+    container_of = {video_id: (containers or {}).get(video_id, info.container)
+                    for video_id in scenes}
     with tempfile.TemporaryDirectory(dir=info.root, prefix=".synth-") as scratch_dir:
         scratch = Path(scratch_dir)
-        # Two workers: the still part and the videos' own parts encode side by side.
+        # Two workers: the still parts and the videos' own parts encode side by side.
         pool = ThreadPoolExecutor(max_workers=2)
         try:
             still_seed = int(rng.integers(2**31))
-            still = pool.submit(_encode_still, scratch / f"still.{container}", first, still_seed,
-                                info) if first else None
+            stills = {c: pool.submit(_encode_still, scratch / f"still.{c}", first, still_seed,
+                                     info, c)
+                      for c in sorted(set(container_of.values()))} if first else {}
             parts = {
-                video_id: pool.submit(_encode_part, scratch / f"{video_id}.{container}",
-                                      tracks[video_id], int(rng.integers(2**31)), times, first,
-                                      info)
-                for video_id in tracks
+                video_id: pool.submit(_encode_part, scratch / f"{video_id}.{c}",
+                                      scenes[video_id], count, first, info, c)
+                for video_id, c in container_of.items()
             }
-            for video_id in tracks:
+            for video_id, container in container_of.items():
                 path = info.root / "videos" / f"{video_id}.{container}"
-                if still:
+                if stills:
                     joined = scratch / f"joined.{container}"
-                    _join(still.result(), parts[video_id].result(), joined, container)
+                    _join(stills[container].result(), parts[video_id].result(), joined,
+                          container)
                     shutil.move(joined, path)
                 else:
                     shutil.move(parts[video_id].result(), path)
                 info.videos[video_id] = path
-                rows[video_id] = _keyframe_rows(path, tracks[video_id], first, len(times), info)
+                rows[video_id] = _keyframe_rows(path, scenes[video_id], first, count, info)
         finally:
             pool.shutdown(cancel_futures=True)
     return rows
@@ -337,51 +349,84 @@ def _write_annotations(info: CorpusInfo, rows: dict[str, list[tuple]],
                        rng: np.random.Generator) -> None:
     """Each split's CSV and excluded-timestamps CSV (one or two of its keyframes, chosen with
     ``rng``), and the label map."""
+    excluded = {}
     for split, split_ids in info.ids.items():
         keyframes = sorted({(video_id, row[0]) for video_id in split_ids for row in rows[video_id]})
         chosen = rng.choice(len(keyframes), min(2, len(keyframes) // 2), replace=False)
-        info.excluded[split] = {keyframes[i] for i in chosen}
+        excluded[split] = {keyframes[i] for i in chosen}
+    _write_rows(info, rows, excluded)
+
+
+def _write_rows(info: CorpusInfo, rows: dict[str, list[tuple]],
+                excluded: dict[str, set[Keyframe]]) -> None:
+    """Each split's CSV (rows ``(second, normalized box, action, person)`` in video, second,
+    person, action order) and ``excluded`` CSV, and the label map; records ``excluded`` in
+    ``info``."""
+    for split, split_ids in info.ids.items():
+        info.excluded[split] = excluded[split]
         write_rows(info.annotation_csv(split), (
-            _row(video_id, *row, info.size) for video_id in sorted(split_ids)
-            for row in sorted(rows[video_id], key=lambda r: (r[0], r[3], r[2]))))
+            (video_id, second, *box, action, person)
+            for video_id in sorted(split_ids)
+            for second, box, action, person in sorted(rows[video_id],
+                                                      key=lambda r: (r[0], r[3], r[2]))))
         write_excluded(info.excluded_csv(split), info.excluded[split])
     shutil.copyfile(default_labelmap_path(), info.labelmap)
 
 
-def _encode_still(path: Path, count: int, seed: int, info: CorpusInfo) -> Path:
+def prepare_folders(root: Path) -> None:
+    """Make ``root/videos`` and ``root/annotations``, refusing non-empty ones."""
+    for folder in (root / "videos", root / "annotations"):
+        if folder.exists() and any(folder.iterdir()):
+            raise ValueError(f"{folder} is not empty; make the corpus in a new folder")
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _encode_still(path: Path, count: int, seed: int, info: CorpusInfo, container: str) -> Path:
     """The frames before the first keyframe: one still picture, stamped 0 .. count-1."""
     still = np.empty((info.size[1], info.size[0], 3), dtype=np.uint8)
     scrolling_texture(info.size, seed)(still, 0.0)
     encode_frames(path, count=count, first_index=0,
                   paint=lambda frame, _index: np.copyto(frame, still),
-                  size=info.size, container=info.container, fps=info.fps)
+                  size=info.size, container=container, fps=info.fps, bitexact=True)
     return path
 
 
-def _encode_part(
-    path: Path, tracks: list[_Track], seed: int, times: np.ndarray, first: int, info: CorpusInfo
-) -> Path:
-    """A video's own frames (people on a drifting background), stamped from ``first`` on."""
-    texture = scrolling_texture(info.size, seed)
+def _encode_part(path: Path, scene: Scene, count: int, first: int, info: CorpusInfo,
+                 container: str) -> Path:
+    """A video's own frames, stamped from ``first`` on."""
+    encode_frames(path, count=count, first_index=first,
+                  paint=lambda frame, index: scene.paint(frame, index - first), size=info.size,
+                  container=container, fps=info.fps, bitexact=True)
+    return path
 
-    def paint(frame: np.ndarray, index: int) -> None:
-        k = index - first
-        texture(frame, times[k])
-        for track in tracks:
+
+@dataclass
+class _ColourScene:
+    """The colour world: figures on a drifting texture."""
+
+    tracks: list[_Track]
+    texture: Callable[[np.ndarray, float], None]
+    times: np.ndarray
+    size: tuple[int, int]
+
+    def paint(self, frame: np.ndarray, k: int) -> None:
+        self.texture(frame, self.times[k])
+        for track in self.tracks:
             rgb, mask = track.sprite(k)
             x1, y1, x2, y2 = track.boxes[k]
             np.copyto(frame[y1:y2, x1:x2], rgb, where=mask[..., None])
 
-    encode_frames(path, count=len(times), first_index=first, paint=paint, size=info.size,
-                  container=info.container, fps=info.fps)
-    return path
+    def rows(self, k: int) -> list[tuple[tuple[float, float, float, float], int, int]]:
+        width, height = self.size
+        return [(tuple(track.boxes[k] / (width, height, width, height)), action,
+                 track.person_id) for track in self.tracks for action in track.actions(k)]
 
 
 def _keyframe_rows(
-    path: Path, tracks: list[_Track], first: int, count: int, info: CorpusInfo
-) -> list[tuple[int, np.ndarray, int, int]]:
-    """Annotation rows (second, pixel box, action, person) of the frames that ffmpeg shows at
-    each keyframe second of the written video; records those frames in ``info``."""
+    path: Path, scene: Scene, first: int, count: int, info: CorpusInfo
+) -> list[tuple[int, tuple[float, float, float, float], int, int]]:
+    """Annotation rows (second, normalized box, action, person) of the frames that ffmpeg
+    shows at each keyframe second of the written video; records those frames in ``info``."""
     frame_times = read_frame_times(path)
     rows = []
     for second in range(info.start, info.start + info.seconds):
@@ -389,6 +434,5 @@ def _keyframe_rows(
         if not first <= index < first + count:
             raise VideoError(f"{path}: no frame of its own at second {second}")
         info.keyframe_frames[path.stem, second] = index
-        rows += [(second, track.boxes[index - first], action, track.person_id)
-                 for track in tracks for action in track.actions(index - first)]
+        rows += [(second, *row) for row in scene.rows(index - first)]
     return rows
