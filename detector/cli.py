@@ -24,6 +24,7 @@ from ava_keyframes.runner import (
     user_errors,
     verb_parser,
 )
+from detector.precision import MIXED_PRECISION
 
 
 # --- train ---
@@ -220,11 +221,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ava_keyframes.frames import KeyframeError, MissingKeyframes
     from detector.plots import draw_keyframe
     from detector.predict import (
+        UNNAMED_VIDEO,
         InputError,
         detect_images,
         detections_table,
         picture_name,
         read_images,
+        video_id_of,
         video_keyframes,
         write_detections_csv,
     )
@@ -233,8 +236,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise CliError("give either IMAGES or --video (with --seconds)")
     if args.video and not args.seconds:
         raise CliError("--video needs --seconds, e.g. --seconds 902-910")
-    items = (video_keyframes(args.video, parse_seconds(args.seconds), video_id=args.video_id)
-             if args.video else read_images(args.images))
+    if args.video:
+        with user_errors(InputError):
+            video_id = video_id_of(args.video, args.video_id)
+        if video_id == UNNAMED_VIDEO:
+            print(f"{args.video}: its name is no AVA video id; detections written as "
+                  f"{UNNAMED_VIDEO} (--video-id ID to choose)", file=sys.stderr)
+        items = video_keyframes(args.video, parse_seconds(args.seconds), video_id=video_id)
+    else:
+        items = read_images(args.images)
     model = _load_model(args.model)
     out = output_path(args.out, folder=True)
     keyframes = []
@@ -276,9 +286,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parsers, one per verb ---
+class DefaultsShown(argparse.HelpFormatter):
+    """`--help` gives every flag's default, unless it has none (None, off) or its help names
+    it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a RetinaNet on a TFDS detection dataset (model.fit)",
+        "train", formatter_class=DefaultsShown,
+        help="train a RetinaNet on a TFDS detection dataset (model.fit)",
         description="Train a KerasCV RetinaNet (multi-label sigmoid focal loss) on a TFDS "
         "detection dataset: ava_keyframes/v2.2, or any with objects/bbox and objects/label "
         "such as voc/2007.",
@@ -292,7 +315,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="resnet50 (default), resnet18, resnet34, resnet101, "
                    "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
     p.add_argument("--backbone-width", type=positive_number, default=1.0,
-                   help="channel multiplier of the backbone (e.g. 0.5 on CPU; default 1)")
+                   help="channel multiplier of the backbone (e.g. 0.5 on CPU)")
     p.add_argument("--weights", metavar="FILE", help="start from a whole model: a .keras or "
                    ".weights.h5 from train (for other classes the classification head starts "
                    "afresh) or a keras-retinanet .h5 snapshot")
@@ -305,14 +328,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-backbone", action="store_true", help="do not train the backbone")
     p.add_argument("--random-transform", action="store_true",
                    help="augment: flip, jittered resize, colour")
-    p.add_argument("--epochs", type=positive_int, default=50)
+    p.add_argument("--epochs", type=positive_int, default=50, help="training epochs")
     p.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
     p.add_argument("--lr", type=positive_number, default=1e-4, help="Adam learning rate")
     p.add_argument("--image-size", type=positive_int, default=512,
                    help="square input side, a multiple of 32 (default 512)")
-    p.add_argument("--fpn-channels", type=positive_int, default=256)
-    p.add_argument("--head-channels", type=positive_int, default=256)
+    p.add_argument("--fpn-channels", type=positive_int, default=256,
+                   help="channels of the feature pyramid")
+    p.add_argument("--head-channels", type=positive_int, default=256,
+                   help="channels of the box and class heads")
     p.add_argument("--head-depth", type=positive_int, default=4, help="conv layers per head")
     p.add_argument("--snapshot-path", default="snapshots",
                    help="folder for a .keras snapshot per epoch (default: snapshots)")
@@ -320,7 +345,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=count, help="fixed seeds and deterministic ops: the same "
                    "result on every run and any load (the input pipeline then maps serially)")
     p.add_argument("--tensorboard-dir", help="TensorBoard log folder")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
+    p.add_argument("--mixed-precision", nargs="?", const="auto", default="auto",
+                   choices=MIXED_PRECISION, help="Keras mixed precision: auto is float16 on a "
+                   "GPU and off on a CPU (float16 there is emulated, ~80x slower); a bare "
+                   "--mixed-precision means auto")
     p.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
     p.add_argument("--eval-every", type=count, default=1,
                    help="epochs between mAP evaluations; 0: never (default 1)")
@@ -333,7 +361,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="per-class AP by the official AVA frame-mAP protocol",
+        "evaluate", formatter_class=DefaultsShown,
+        help="per-class AP by the official AVA frame-mAP protocol",
         description="Score AVA-format detections against ground truth (official AVA frame-mAP: "
                     "Pascal AP at IoU 0.5, the 50 best detections per keyframe).",
     )
@@ -351,7 +380,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     model_mode.add_argument("--split", default="validation", help="default: validation")
     model_mode.add_argument("--detections-out", default="detections.csv", metavar="CSV",
                             help="where the detections go (default: detections.csv)")
-    model_mode.add_argument("--batch-size", type=positive_int, default=8)
+    model_mode.add_argument("--batch-size", type=positive_int, default=8,
+                            help="images per prediction step")
     model_mode.add_argument("--limit", type=positive_int, help="score at most this many images")
     p.add_argument("--labelmap", metavar="PBTXT",
                    help="classes to evaluate (default: the official 60-class map)")
@@ -371,15 +401,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "predict", help="detect actions in images or video keyframes",
+        "predict", formatter_class=DefaultsShown,
+        help="detect actions in images or video keyframes",
         description="Write OUT/detections.csv (official AVA detections: video_id, second, x1, "
         "y1, x2, y2, action_id, score) and a picture per keyframe. An image named "
         "<video id>_<second>.<ext> keeps that keyframe; others get their file stem and 0.",
     )
     p.add_argument("images", nargs="*", metavar="IMAGE")
     p.add_argument("--model", required=True, help=".keras model from train")
-    p.add_argument("--video", help="a video file; its stem is the video id")
-    p.add_argument("--video-id", help="video id for --video (default: the file stem)")
+    p.add_argument("--video", help="a video file of any name")
+    p.add_argument("--video-id", help="video id written for --video (default: the file stem "
+                   "when it is an AVA id, 11 of A-Za-z0-9_-, else unnamed_vid)")
     p.add_argument("--seconds", metavar="S,S-S",
                    help="keyframe seconds of --video, e.g. 902,905,910-920")
     p.add_argument("--out", required=True, help="output folder")
@@ -391,7 +423,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="write an inference SavedModel (and .keras) of a trained model",
+        "export", formatter_class=DefaultsShown,
+        help="write an inference SavedModel (and .keras) of a trained model",
         description="OUT/saved_model: signature serving_default takes a uint8 image batch "
         "[B, H, W, 3] of any size and returns boxes (normalized x1, y1, x2, y2), scores, "
         "classes (class index), class_ids (action ids) and num_detections; signature "
@@ -406,7 +439,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     from detector.demo import DemoSettings  # no TensorFlow: the demo imports it when it runs
 
     p = sub.add_parser(
-        "demo", help="the whole pipeline on a synthetic corpus, offline (what `make demo` runs)")
+        "demo", formatter_class=DefaultsShown,
+        help="the whole pipeline on a synthetic corpus, offline (what `make demo` runs)")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--epochs", type=positive_int, default=DemoSettings.epochs,
                    help=f"training epochs (default {DemoSettings.epochs})")

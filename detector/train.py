@@ -34,6 +34,7 @@ from detector.model import (
     compile_model,
     load_model,
 )
+from detector.precision import precision_policy, training_globals
 from detector.predict import evaluate_model
 from detector.weights import (
     architecture_of,
@@ -72,7 +73,7 @@ class TrainOptions:
     head_depth: int = 4
     snapshot_path: str = "snapshots"
     tensorboard_dir: str | None = None
-    mixed_precision: bool = False
+    mixed_precision: str = "auto"  # one of detector.precision.MIXED_PRECISION
     jit_compile: bool = False
     eval_every: int = 1  # epochs between evaluations; 0 turns evaluation off
     eval_limit: int | None = None  # evaluate on at most this many validation images
@@ -220,14 +221,15 @@ def _resumed_model(options: TrainOptions, info: DatasetInfo) -> tuple[MultiLabel
 
 
 def train(options: TrainOptions) -> TrainResult:
-    """Build (or resume) a model, fit it on `options.split`, evaluate on `options.val_split`."""
+    """Build (or resume) a model, fit it on `options.split`, evaluate on `options.val_split`.
+    Keras's global dtype policy and op determinism are as before when it returns."""
     if options.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
         raise ModelError("--tensorboard-dir needs the tensorboard package: pip install tensorboard")
-    if options.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    if options.seed is not None:
-        keras.utils.set_random_seed(options.seed)
-        tf.config.experimental.enable_op_determinism()
+    with training_globals(precision_policy(options.mixed_precision), options.seed):
+        return _train(options)
+
+
+def _train(options: TrainOptions) -> TrainResult:
     info = dataset_info(options.dataset, options.data_dir)
     evaluating = bool(options.val_split) and options.eval_every > 0
     if evaluating and info.splits and options.val_split not in info.splits:

@@ -163,7 +163,8 @@ def test_user_mistakes_are_one_line_errors(model_path, data_dir, tmp_path, capsy
     one_line_error(capsys, ["predict", "--model", model_path, str(tmp_path / "missing.png"),
                             "--out", str(tmp_path)], "missing.png", "no such file")
     one_line_error(capsys, ["predict", "--model", model_path, "--video", "clip.mp4",
-                            "--seconds", "1", "--out", str(tmp_path)], "invalid video id")
+                            "--video-id", "clip", "--seconds", "1", "--out", str(tmp_path)],
+                   "--video-id", "invalid video id")
     one_line_error(capsys, ["predict", "--model", model_path, "--video", "abcdefghijk.mp4",
                             "--seconds", "9x", "--out", str(tmp_path)], "--seconds")
     one_line_error(capsys, ["train", "--dataset", "no_such_dataset", "--data-dir", data_dir],
