@@ -109,6 +109,10 @@ def _exclusions(args: argparse.Namespace) -> set[tuple[str, int]] | None:
         if path is not None:
             print(f"exclusions: {path} (the split's excluded timestamps; --exclusions none "
                   "to score them)", file=sys.stderr)
+        else:
+            print(f"exclusions: none (no ava_<split>_excluded_timestamps_v<version>.csv beside "
+                  f"{args.groundtruth} named ava_<split>_v<version>.csv; --exclusions CSV to "
+                  "give one)", file=sys.stderr)
     if path is None or str(path).lower() == "none":
         return None
     with user_errors(AnnotationError):
@@ -201,7 +205,7 @@ def _print_evaluation(result, outputs: dict[str, Path]) -> None:
           f"outside the label map, {dropped['beyond_50_per_keyframe']} beyond the 50 best per "
           f"keyframe, {dropped['absent_keyframes']} on keyframes absent from the ground truth, "
           f"{dropped['invalid_boxes']} with x2 <= x1 or y2 <= y1", file=sys.stderr)
-    print(result.to_markdown())
+    print(result.to_markdown(every_class=False))
     try:
         if "json" in outputs:
             with open(outputs["json"], "w", encoding="utf-8") as handle:

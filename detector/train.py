@@ -127,7 +127,7 @@ class EvaluationCallback(keras.callbacks.Callback):
             labelmap=self.labelmap, batch_size=self.batch_size, limit=self.limit,
         )
         print(f"\nEpoch {epoch + 1}: {self.split} mAP@0.5 = {self.result.mAP:.4f}")
-        print(classes_with_truth(self.result))
+        print(self.result.to_markdown(every_class=False))
         if self.writer is not None:
             with self.writer.as_default(step=epoch):
                 tf.summary.scalar("mAP", self.result.mAP)
@@ -170,12 +170,6 @@ class TimeLimit(keras.callbacks.Callback):
         if not self.model.stop_training and time.monotonic() - self.start >= self.seconds:
             print(f"\ntime limit of {self.seconds / 60:g} min reached")
             self.model.stop_training = True
-
-
-def classes_with_truth(result: ap.APResult) -> str:
-    """The markdown table without the label-map classes that have no ground truth."""
-    lines = result.to_markdown().splitlines()
-    return "\n".join(line for line in lines if not line.endswith("| 0 | n/a |"))
 
 
 def _new_model(options: TrainOptions, info: DatasetInfo) -> MultiLabelRetinaNet:
