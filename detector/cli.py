@@ -46,6 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tensorboard_dir=args.tensorboard_dir, mixed_precision=args.mixed_precision,
         jit_compile=args.jit_compile, eval_every=args.eval_every, eval_limit=args.eval_limit,
         time_limit=args.time_limit, snapshots=not args.no_snapshots, seed=args.seed,
+        verbose=args.fit_verbose, log_format=args.log_format,
     )
     if not args.no_snapshots:
         output_path(args.snapshot_path, folder=True)
@@ -354,6 +355,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "GPU and off on a CPU (float16 there is emulated, ~80x slower); a bare "
                    "--mixed-precision means auto")
     p.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
+    p.add_argument("--fit-verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="fit's output: 0 none, 1 progress, 2 one line per epoch (-v/--verbose "
+                   "shows the libraries' own logs, on every verb)")
+    p.add_argument("--log-format", choices=("auto", "bar", "plain"), default="auto",
+                   help="progress as Keras's bar or as plain lines; auto: the bar on a "
+                   "terminal, plain lines when stdout is redirected")
     p.add_argument("--eval-every", type=count, default=1,
                    help="epochs between mAP evaluations; 0: never (default 1)")
     p.add_argument("--eval-limit", type=positive_int,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from detector.weights import (
 )
 
 SNAPSHOT_EPOCH = re.compile(r"_(\d+)\.keras$")
+LOG_FORMATS = ("auto", "bar", "plain")
 
 
 @dataclass
@@ -82,7 +84,8 @@ class TrainOptions:
     snapshots: bool = True  # a .keras snapshot per epoch under snapshot_path
     seed: int | None = None  # seeds and deterministic ops: the same result on every run
     time_limit: float | None = None  # minutes; training stops after the epoch that passes it
-    verbose: int | str = "auto"
+    verbose: int | str = "auto"  # fit's: 0 silent, 1 progress, 2 a line per epoch; auto: 1
+    log_format: str = "auto"  # one of LOG_FORMATS (see `fit_verbosity`)
 
 
 @dataclass
@@ -214,6 +217,21 @@ def _resumed_model(options: TrainOptions, info: DatasetInfo) -> tuple[MultiLabel
     return model, int(match[1]) if match else 0
 
 
+def fit_verbosity(verbose: int | str, log_format: str, *, terminal: bool | None = None) -> int:
+    """`model.fit`'s verbose for `verbose` (0, 1, 2 or auto) in `log_format`: Keras's progress
+    bar (`bar`: carriage returns, backspaces and colour codes) or one plain line per epoch
+    (`plain`, what fit's verbose 2 prints); `auto` is the bar when stdout is a `terminal`
+    (default: ask stdout) and plain lines in a redirected log."""
+    if log_format not in LOG_FORMATS:
+        raise ModelError(f"log format {log_format!r}: expected one of {', '.join(LOG_FORMATS)}.")
+    if verbose == 0:
+        return 0
+    if terminal is None:
+        terminal = sys.stdout.isatty()
+    bar = log_format == "bar" or (log_format == "auto" and terminal)
+    return 1 if verbose in (1, "auto") and bar else 2
+
+
 def train(options: TrainOptions) -> TrainResult:
     """Build (or resume) a model, fit it on `options.split`, evaluate on `options.val_split`.
     Keras's global dtype policy and op determinism are as before when it returns."""
@@ -247,7 +265,8 @@ def _train(options: TrainOptions) -> TrainResult:
     callbacks, evaluation, name = _callbacks(options, info, evaluating)
     history = model.fit(
         batches, epochs=options.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
-        shuffle=False, callbacks=callbacks, verbose=options.verbose,
+        shuffle=False, callbacks=callbacks,
+        verbose=fit_verbosity(options.verbose, options.log_format),
     )
     if not finite_loss({"loss": history.history["loss"][-1]}):
         raise TrainingError(

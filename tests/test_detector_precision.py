@@ -8,6 +8,7 @@ from tensorflow.python.framework.config import is_op_determinism_enabled
 
 from detector.cli import build_parser
 from detector.precision import precision_policy, training_globals
+from detector.train import fit_verbosity
 
 
 @pytest.mark.parametrize(("choice", "gpu", "policy"), [
@@ -52,3 +53,15 @@ def test_help_shows_the_defaults(capsys):
     for shown in ("training epochs (default: 50)", "images per step (default: 8)",
                   "Adam learning rate (default: 0.0001)", "(default: auto)"):
         assert shown in out, shown
+
+
+def test_fit_output_is_plain_lines_when_not_a_terminal():
+    assert fit_verbosity(1, "auto", terminal=True) == 1  # Keras's bar
+    assert fit_verbosity(1, "auto", terminal=False) == 2  # a line per epoch: no \r, no colour
+    assert fit_verbosity("auto", "plain", terminal=True) == 2
+    assert fit_verbosity(1, "bar", terminal=False) == 1
+    assert fit_verbosity(0, "bar", terminal=True) == 0
+    assert fit_verbosity(2, "bar", terminal=True) == 2
+    args = build_parser().parse_args(["train", "--dataset", "d", "--fit-verbose", "2",
+                                      "--log-format", "plain"])
+    assert (args.fit_verbose, args.log_format) == (2, "plain")
