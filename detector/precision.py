@@ -1,8 +1,8 @@
 """Process-wide settings of a training run, chosen for the device and put back afterwards.
 
-`--mixed-precision`: auto is float16 on a GPU and off on a CPU, where bfloat16 is no faster
-and float16 is emulated, about 80 times slower (benchmarks/README.md). No TensorFlow import at
-module level: the CLI reads `MIXED_PRECISION` for its parser.
+`--mixed-precision`: auto is float16 on a GPU and off on a CPU, where bfloat16 was not
+reliably faster and float16 was reported up to about 80 times slower (benchmarks/README.md).
+No TensorFlow import at module level: the CLI reads `MIXED_PRECISION` for its parser.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def precision_policy(choice: str, *, gpu: bool | None = None) -> str:
     if choice == "auto":
         return "mixed_float16" if gpu else "float32"
     if choice == "float16" and not gpu:
-        print("warning: --mixed-precision float16 on a CPU is emulated, about 80 times slower "
-              "than off (use auto or off here).", file=sys.stderr)
+        print("warning: --mixed-precision float16 on a CPU can train up to about 80 times slower "
+              "than off (benchmarks/README.md); use auto or off here.", file=sys.stderr)
     return "float32" if choice == "off" else f"mixed_{choice}"
 
 
