@@ -352,7 +352,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensorboard-dir", help="TensorBoard log folder")
     p.add_argument("--mixed-precision", nargs="?", const="auto", default="auto",
                    choices=MIXED_PRECISION, help="Keras mixed precision: auto is float16 on a "
-                   "GPU and off on a CPU (float16 there is emulated, ~80x slower); a bare "
+                   "GPU and off on a CPU (float16 there can be up to ~80x slower); a bare "
                    "--mixed-precision means auto")
     p.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
     p.add_argument("--fit-verbose", type=int, choices=(0, 1, 2), default=1,
