@@ -152,18 +152,40 @@ def quiet_libraries() -> Iterator[None]:
     ``TF_CPP_MIN_LOG_LEVEL`` for those lines (oneDNN, cudart stub, ``cuInit`` failures), so
     the process's native stderr (file descriptor 2) goes to a temporary file meanwhile;
     Python's ``sys.stderr`` keeps writing to the terminal. Afterwards, every line of that
-    file that is not a native log line (from a child process, say) is written out.
+    file that is not a native log line (from a child process, say) is written out, and the
+    environment variables, logger levels and warning filters it changed are as before.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # the default; set, it is not announced
-    for name in ("tensorflow", "absl", "h5py"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with warnings.catch_warnings(), _native_stderr_filtered():
+    with _quiet_settings(), warnings.catch_warnings(), _native_stderr_filtered():
         for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
             warnings.simplefilter("ignore", category)
         for library in _LIBRARIES:
             warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
         yield
+
+
+@contextmanager
+def _quiet_settings() -> Iterator[None]:
+    """TensorFlow's log environment variables (read when TensorFlow starts) and the libraries'
+    logger levels, quiet inside and as they were afterwards."""
+    quiet_env = {"TF_CPP_MIN_LOG_LEVEL": "3",
+                 "TF_ENABLE_ONEDNN_OPTS": "1"}  # the default; set, it is not announced
+    env_before = {name: os.environ.get(name) for name in quiet_env}
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl", "h5py")]
+    levels_before = [logger.level for logger in loggers]
+    for name, value in quiet_env.items():
+        os.environ.setdefault(name, value)
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, value in env_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for logger, level in zip(loggers, levels_before, strict=True):
+            logger.setLevel(level)
 
 
 @contextmanager

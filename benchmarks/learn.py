@@ -31,7 +31,6 @@ import numpy as np
 from detector.data import dataset_info
 from detector.demo import CONFIG, DemoSettings, run_demo
 from detector.predict import detect_dataset
-from detector.train import classes_with_truth
 
 TARGET_MAP = 0.8
 SHOWN_SCORE = 0.3
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     groundtruth, keyframes = detect_dataset(demo.model, info, "validation",
                                             data_dir=demo.data_dir)
     persons, complete = all_actions_found(groundtruth, keyframes, info.class_ids)
-    print(classes_with_truth(scored))
+    print(scored.to_markdown(every_class=False))
     print(f"held-out mAP@0.5: {scored.mAP:.4f} = {scored.mAP / TARGET_MAP:.2f} x the "
           f"{TARGET_MAP} target")
     print(f"training: {minutes:.1f} min for {demo.epochs} epochs")

@@ -91,17 +91,23 @@ class APResult:
             "num_groundtruth": dict(self.num_groundtruth),
         }
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, *, every_class: bool = True) -> str:
+        """The AP table; without `every_class`, only the classes with ground truth (the
+        others have no AP) and a line saying how many were left out (`to_json` has all)."""
         lines = [
             f"| class | ground truth | AP ({self.metric}) |",
             "| --- | ---: | ---: |",
         ]
         for name, ap in self.per_class.items():
-            shown = "n/a" if math.isnan(ap) else f"{ap:.4f}"
-            lines.append(f"| {name} | {self.num_groundtruth[name]} | {shown} |")
+            if every_class or not math.isnan(ap):
+                shown = "n/a" if math.isnan(ap) else f"{ap:.4f}"
+                lines.append(f"| {name} | {self.num_groundtruth[name]} | {shown} |")
         classes = sum(1 for ap in self.per_class.values() if not math.isnan(ap))
         lines.append(f"| **mAP** ({classes} classes with ground truth) | "
                      f"{sum(self.num_groundtruth.values())} | **{self.mAP:.4f}** |")
+        if not every_class and classes < len(self.per_class):
+            lines.append(f"\n{len(self.per_class) - classes} classes without ground truth "
+                         "not shown (all are in --json).")
         return "\n".join(lines)
 
 

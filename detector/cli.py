@@ -24,6 +24,7 @@ from ava_keyframes.runner import (
     user_errors,
     verb_parser,
 )
+from detector.precision import MIXED_PRECISION
 
 
 # --- train ---
@@ -45,6 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tensorboard_dir=args.tensorboard_dir, mixed_precision=args.mixed_precision,
         jit_compile=args.jit_compile, eval_every=args.eval_every, eval_limit=args.eval_limit,
         time_limit=args.time_limit, snapshots=not args.no_snapshots, seed=args.seed,
+        verbose=args.fit_verbose, log_format=args.log_format,
     )
     if not args.no_snapshots:
         output_path(args.snapshot_path, folder=True)
@@ -108,6 +110,10 @@ def _exclusions(args: argparse.Namespace) -> set[tuple[str, int]] | None:
         if path is not None:
             print(f"exclusions: {path} (the split's excluded timestamps; --exclusions none "
                   "to score them)", file=sys.stderr)
+        else:
+            print(f"exclusions: none (no ava_<split>_excluded_timestamps_v<version>.csv beside "
+                  f"{args.groundtruth} named ava_<split>_v<version>.csv; --exclusions CSV to "
+                  "give one)", file=sys.stderr)
     if path is None or str(path).lower() == "none":
         return None
     with user_errors(AnnotationError):
@@ -201,7 +207,7 @@ def _print_evaluation(result, outputs: dict[str, Path]) -> None:
           f"outside the label map, {dropped['beyond_50_per_keyframe']} beyond the 50 best per "
           f"keyframe, {dropped['absent_keyframes']} on keyframes absent from the ground truth, "
           f"{dropped['invalid_boxes']} with x2 <= x1 or y2 <= y1", file=sys.stderr)
-    print(result.to_markdown())
+    print(result.to_markdown(every_class=False))
     try:
         if "json" in outputs:
             with open(outputs["json"], "w", encoding="utf-8") as handle:
@@ -221,11 +227,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ava_keyframes.frames import KeyframeError, MissingKeyframes
     from detector.plots import draw_keyframe
     from detector.predict import (
+        UNNAMED_VIDEO,
         InputError,
         detect_images,
         detections_table,
         picture_name,
         read_images,
+        video_id_of,
         video_keyframes,
         write_detections_csv,
     )
@@ -234,8 +242,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise CliError("give either IMAGES or --video (with --seconds)")
     if args.video and not args.seconds:
         raise CliError("--video needs --seconds, e.g. --seconds 902-910")
-    items = (video_keyframes(args.video, parse_seconds(args.seconds), video_id=args.video_id)
-             if args.video else read_images(args.images))
+    if args.video:
+        with user_errors(InputError):
+            video_id = video_id_of(args.video, args.video_id)
+        if video_id == UNNAMED_VIDEO:
+            print(f"{args.video}: its name is no AVA video id; detections written as "
+                  f"{UNNAMED_VIDEO} (--video-id ID to choose)", file=sys.stderr)
+        items = video_keyframes(args.video, parse_seconds(args.seconds), video_id=video_id)
+    else:
+        items = read_images(args.images)
     model = _load_model(args.model)
     out = output_path(args.out, folder=True)
     keyframes = []
@@ -279,7 +294,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --- parsers, one per verb ---
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a RetinaNet on a TFDS detection dataset (model.fit)",
+        "train",
+        help="train a RetinaNet on a TFDS detection dataset (model.fit)",
         description="Train a KerasCV RetinaNet (multi-label sigmoid focal loss) on a TFDS "
         "detection dataset: ava_keyframes/v2.2, or any with objects/bbox and objects/label "
         "such as voc/2007.",
@@ -293,7 +309,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="resnet50 (default), resnet18, resnet34, resnet101, "
                    "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
     p.add_argument("--backbone-width", type=positive_number, default=1.0,
-                   help="channel multiplier of the backbone (e.g. 0.5 on CPU; default 1)")
+                   help="channel multiplier of the backbone (e.g. 0.5 on CPU)")
     p.add_argument("--weights", metavar="FILE", help="start from a whole model: a .keras or "
                    ".weights.h5 from train (for other classes the classification head starts "
                    "afresh) or a keras-retinanet .h5 snapshot")
@@ -306,16 +322,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-backbone", action="store_true", help="do not train the backbone")
     p.add_argument("--random-transform", action="store_true",
                    help="augment: flip, jittered resize, colour")
-    p.add_argument("--epochs", type=positive_int, default=50, help="passes over the split")
+    p.add_argument("--epochs", type=positive_int, default=50, help="training epochs")
     p.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
     p.add_argument("--lr", type=positive_number, default=1e-4, help="Adam learning rate")
     p.add_argument("--image-size", type=positive_int, default=512,
                    help="square input side, a multiple of 32 (default 512)")
     p.add_argument("--fpn-channels", type=positive_int, default=256,
-                   help="feature pyramid width")
+                   help="channels of the feature pyramid")
     p.add_argument("--head-channels", type=positive_int, default=256,
-                   help="width of the classification and box heads")
+                   help="channels of the box and class heads")
     p.add_argument("--head-depth", type=positive_int, default=4, help="conv layers per head")
     p.add_argument("--snapshot-path", default="snapshots",
                    help="folder for a .keras snapshot per epoch (default: snapshots)")
@@ -323,8 +339,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=count, help="fixed seeds and deterministic ops: the same "
                    "result on every run and any load (the input pipeline then maps serially)")
     p.add_argument("--tensorboard-dir", help="TensorBoard log folder")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
+    p.add_argument("--mixed-precision", nargs="?", const="auto", default="auto",
+                   choices=MIXED_PRECISION, help="Keras mixed precision: auto is float16 on a "
+                   "GPU and off on a CPU (float16 there can be up to ~80x slower); a bare "
+                   "--mixed-precision means auto")
     p.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
+    p.add_argument("--fit-verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="fit's output: 0 none, 1 progress, 2 one line per epoch (-v/--verbose "
+                   "shows the libraries' own logs, on every verb)")
+    p.add_argument("--log-format", choices=("auto", "bar", "plain"), default="auto",
+                   help="progress as Keras's bar or as plain lines; auto: the bar on a "
+                   "terminal, plain lines when stdout is redirected")
     p.add_argument("--eval-every", type=count, default=1,
                    help="epochs between mAP evaluations; 0: never (default 1)")
     p.add_argument("--eval-limit", type=positive_int,
@@ -336,7 +361,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="per-class AP by the official AVA frame-mAP protocol",
+        "evaluate",
+        help="per-class AP by the official AVA frame-mAP protocol",
         description="Score AVA-format detections against ground truth (official AVA frame-mAP: "
                     "Pascal AP at IoU 0.5, the 50 best detections per keyframe).",
     )
@@ -378,15 +404,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "predict", help="detect actions in images or video keyframes",
+        "predict",
+        help="detect actions in images or video keyframes",
         description="Write OUT/detections.csv (official AVA detections: video_id, second, x1, "
         "y1, x2, y2, action_id, score) and a picture per keyframe. An image named "
         "<video id>_<second>.<ext> keeps that keyframe; others get their file stem and 0.",
     )
     p.add_argument("images", nargs="*", metavar="IMAGE")
     p.add_argument("--model", required=True, help=".keras model from train")
-    p.add_argument("--video", help="a video file; its stem is the video id")
-    p.add_argument("--video-id", help="video id for --video (default: the file stem)")
+    p.add_argument("--video", help="a video file of any name")
+    p.add_argument("--video-id", help="video id written for --video (default: the file stem "
+                   "when it is an AVA id, 11 of A-Za-z0-9_-, else unnamed_vid)")
     p.add_argument("--seconds", metavar="S,S-S",
                    help="keyframe seconds of --video, e.g. 902,905,910-920")
     p.add_argument("--out", required=True, help="output folder")
@@ -398,7 +426,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="write an inference SavedModel (and .keras) of a trained model",
+        "export",
+        help="write an inference SavedModel (and .keras) of a trained model",
         description="OUT/saved_model: signature serving_default takes a uint8 image batch "
         "[B, H, W, 3] of any size and returns boxes (normalized x1, y1, x2, y2), scores, "
         "classes (class index), class_ids (action ids) and num_detections; signature "
@@ -413,7 +442,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     from detector.demo import DemoSettings  # no TensorFlow: the demo imports it when it runs
 
     p = sub.add_parser(
-        "demo", help="the whole pipeline on a synthetic corpus, offline (what `make demo` runs)")
+        "demo",
+        help="the whole pipeline on a synthetic corpus, offline (what `make demo` runs)")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--epochs", type=positive_int, default=DemoSettings.epochs,
                    help=f"training epochs (default {DemoSettings.epochs})")

@@ -18,6 +18,7 @@ import pandas as pd
 import tensorflow as tf
 
 from ava_keyframes.annotations import (
+    VIDEO_ID_RE,
     Annotations,
     check_video_id,
     keyframe_key,
@@ -209,18 +210,31 @@ def read_images(paths: Iterable[str | Path]) -> Iterator[tuple[str, int, np.ndar
         yield (*image_keyframe(path), pixels)
 
 
+# The video id written for a video whose file name is no AVA id and that was given none: an
+# id of AVA's form (11 of A-Za-z0-9_-), so the detections CSV still reads back everywhere.
+UNNAMED_VIDEO = "unnamed_vid"
+
+
+def video_id_of(path: str | Path, video_id: str | None = None) -> str:
+    """The id under which a video's detections are written: `video_id` when given (it must
+    have AVA's form), else the file's stem when that is an AVA id, else `UNNAMED_VIDEO`.
+    A user's own video may have any name; ids only matter to AVA CSVs."""
+    if video_id is not None:
+        try:
+            return check_video_id(video_id)
+        except ValueError as error:
+            raise InputError(f"--video-id: {error}") from None
+    stem = Path(path).stem
+    return stem if VIDEO_ID_RE.fullmatch(stem) else UNNAMED_VIDEO
+
+
 def video_keyframes(
     path: str | Path, seconds: Iterable[int], *, video_id: str | None = None
 ) -> Iterator[tuple[str, int, np.ndarray]]:
-    """`(video_id, second, frame)` for keyframe `seconds` of a video file, for
-    `detect_images`; the video id defaults to the file's stem. Raises what
+    """`(video_id, second, frame)` for keyframe `seconds` of a video file of any name, for
+    `detect_images`; the id is `video_id_of(path, video_id)`. Raises what
     `extract_keyframes` raises (`MissingKeyframes` after the frames that exist)."""
-    video_id = video_id or Path(path).stem
-    try:
-        check_video_id(video_id)
-    except ValueError as error:
-        raise InputError(f"{error} (from the file name of {path}; give the id: "
-                         "--video-id, video_id=)") from None
+    video_id = video_id_of(path, video_id)
     for second, frame in extract_keyframes(path, seconds):
         yield video_id, int(second), frame
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from detector.model import (
     compile_model,
     load_model,
 )
+from detector.precision import precision_policy, training_globals
 from detector.predict import evaluate_model
 from detector.weights import (
     architecture_of,
@@ -44,6 +46,7 @@ from detector.weights import (
 )
 
 SNAPSHOT_EPOCH = re.compile(r"_(\d+)\.keras$")
+LOG_FORMATS = ("auto", "bar", "plain")
 
 
 @dataclass
@@ -72,7 +75,7 @@ class TrainOptions:
     head_depth: int = 4
     snapshot_path: str = "snapshots"
     tensorboard_dir: str | None = None
-    mixed_precision: bool = False
+    mixed_precision: str = "auto"  # one of detector.precision.MIXED_PRECISION
     jit_compile: bool = False
     eval_every: int = 1  # epochs between evaluations; 0 turns evaluation off
     eval_limit: int | None = None  # evaluate on at most this many validation images
@@ -81,7 +84,8 @@ class TrainOptions:
     snapshots: bool = True  # a .keras snapshot per epoch under snapshot_path
     seed: int | None = None  # seeds and deterministic ops: the same result on every run
     time_limit: float | None = None  # minutes; training stops after the epoch that passes it
-    verbose: int | str = "auto"
+    verbose: int | str = "auto"  # fit's: 0 silent, 1 progress, 2 a line per epoch; auto: 1
+    log_format: str = "auto"  # one of LOG_FORMATS (see `fit_verbosity`)
 
 
 @dataclass
@@ -126,7 +130,7 @@ class EvaluationCallback(keras.callbacks.Callback):
             labelmap=self.labelmap, batch_size=self.batch_size, limit=self.limit,
         )
         print(f"\nEpoch {epoch + 1}: {self.split} mAP@0.5 = {self.result.mAP:.4f}")
-        print(classes_with_truth(self.result))
+        print(self.result.to_markdown(every_class=False))
         if self.writer is not None:
             with self.writer.as_default(step=epoch):
                 tf.summary.scalar("mAP", self.result.mAP)
@@ -171,12 +175,6 @@ class TimeLimit(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def classes_with_truth(result: ap.APResult) -> str:
-    """The markdown table without the label-map classes that have no ground truth."""
-    lines = result.to_markdown().splitlines()
-    return "\n".join(line for line in lines if not line.endswith("| 0 | n/a |"))
-
-
 def _new_model(options: TrainOptions, info: DatasetInfo) -> MultiLabelRetinaNet:
     """A model from the flags, started from the weight files they name (`detector.weights`):
     a whole model (`.keras`, `.weights.h5`, a keras-retinanet `.h5`), ImageNet backbone
@@ -219,15 +217,31 @@ def _resumed_model(options: TrainOptions, info: DatasetInfo) -> tuple[MultiLabel
     return model, int(match[1]) if match else 0
 
 
+def fit_verbosity(verbose: int | str, log_format: str, *, terminal: bool | None = None) -> int:
+    """`model.fit`'s verbose for `verbose` (0, 1, 2 or auto) in `log_format`: Keras's progress
+    bar (`bar`: carriage returns, backspaces and colour codes) or one plain line per epoch
+    (`plain`, what fit's verbose 2 prints); `auto` is the bar when stdout is a `terminal`
+    (default: ask stdout) and plain lines in a redirected log."""
+    if log_format not in LOG_FORMATS:
+        raise ModelError(f"log format {log_format!r}: expected one of {', '.join(LOG_FORMATS)}.")
+    if verbose == 0:
+        return 0
+    if terminal is None:
+        terminal = sys.stdout.isatty()
+    bar = log_format == "bar" or (log_format == "auto" and terminal)
+    return 1 if verbose in (1, "auto") and bar else 2
+
+
 def train(options: TrainOptions) -> TrainResult:
-    """Build (or resume) a model, fit it on `options.split`, evaluate on `options.val_split`."""
+    """Build (or resume) a model, fit it on `options.split`, evaluate on `options.val_split`.
+    Keras's global dtype policy and op determinism are as before when it returns."""
     if options.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
         raise ModelError("--tensorboard-dir needs the tensorboard package: pip install tensorboard")
-    if options.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    if options.seed is not None:
-        keras.utils.set_random_seed(options.seed)
-        tf.config.experimental.enable_op_determinism()
+    with training_globals(precision_policy(options.mixed_precision), options.seed):
+        return _train(options)
+
+
+def _train(options: TrainOptions) -> TrainResult:
     info = dataset_info(options.dataset, options.data_dir)
     evaluating = bool(options.val_split) and options.eval_every > 0
     if evaluating and info.splits and options.val_split not in info.splits:
@@ -251,7 +265,8 @@ def train(options: TrainOptions) -> TrainResult:
     callbacks, evaluation, name = _callbacks(options, info, evaluating)
     history = model.fit(
         batches, epochs=options.epochs, steps_per_epoch=steps, initial_epoch=initial_epoch,
-        shuffle=False, callbacks=callbacks, verbose=options.verbose,
+        shuffle=False, callbacks=callbacks,
+        verbose=fit_verbosity(options.verbose, options.log_format),
     )
     if not finite_loss({"loss": history.history["loss"][-1]}):
         raise TrainingError(

@@ -202,6 +202,21 @@ def test_golden_case_plus_excluded_keyframes_equals_the_official_evaluator_with_
         official["mAP"], abs=1e-6)
 
 
+def test_cli_says_when_exclusions_are_off_and_prints_only_classes_with_truth(tmp_path, capsys):
+    gt, det = tmp_path / "my_groundtruth.csv", tmp_path / "det.csv"
+    gt.write_text(f"{VIDEO},902,0,0,1,1,14,0\n")
+    det.write_text(f"{VIDEO},902,0,0,1,1,14,0.9\n")
+    (tmp_path / "ava_val_excluded_timestamps_v2.2.csv").write_text(f"{VIDEO},0902\n")
+    assert main(["evaluate", "--groundtruth", str(gt), "--detections", str(det),
+                 "--json", str(tmp_path / "ap.json")]) == 0
+    out, err = capsys.readouterr()
+    assert f"exclusions: none (no ava_<split>_excluded_timestamps_v<version>.csv beside {gt}" \
+        in err
+    assert "| walk | 1 | 1.0000 |" in out and "n/a" not in out
+    assert "59 classes without ground truth not shown (all are in --json)." in out
+    assert len(json.loads((tmp_path / "ap.json").read_text())["per_class"]) == 60
+
+
 def test_cli_defaults_to_the_splits_excluded_timestamps_beside_the_ground_truth(
         tmp_path, capsys):
     gt, det = tmp_path / "ava_val_v2.2.csv", tmp_path / "det.csv"

@@ -136,6 +136,14 @@ def test_predict_images_and_video(model_path, tmp_path, capsys):
     assert set(rows.table["second"]) == {0, 1, 2}
     assert not list(out.glob("*.png"))
 
+    movie = video.rename(tmp_path / "movie.mp4")  # any name: the README's own example
+    capsys.readouterr()
+    assert main(["predict", "--model", model_path, "--video", str(movie), "--seconds", "1",
+                 "--out", str(out), "--no-pictures"]) == 0
+    assert "detections written as unnamed_vid" in capsys.readouterr().err
+    rows = read_annotations(out / "detections.csv", kind="detections")
+    assert set(rows.table["video_id"]) == {"unnamed_vid"} and not rows.report
+
 
 @pytest.mark.slow
 def test_export_saved_model_is_callable_and_matches_keras(model_path, tmp_path, capsys):
@@ -163,7 +171,8 @@ def test_user_mistakes_are_one_line_errors(model_path, data_dir, tmp_path, capsy
     one_line_error(capsys, ["predict", "--model", model_path, str(tmp_path / "missing.png"),
                             "--out", str(tmp_path)], "missing.png", "no such file")
     one_line_error(capsys, ["predict", "--model", model_path, "--video", "clip.mp4",
-                            "--seconds", "1", "--out", str(tmp_path)], "invalid video id")
+                            "--video-id", "clip", "--seconds", "1", "--out", str(tmp_path)],
+                   "--video-id", "invalid video id")
     one_line_error(capsys, ["predict", "--model", model_path, "--video", "abcdefghijk.mp4",
                             "--seconds", "9x", "--out", str(tmp_path)], "--seconds")
     one_line_error(capsys, ["train", "--dataset", "no_such_dataset", "--data-dir", data_dir],
@@ -310,3 +319,13 @@ def test_seeded_training_repeats_and_logs_map_only_when_it_evaluated(data_dir, t
     assert first.history["loss"] == second.history["loss"]  # same seed, same run
     assert len(first.history["loss"]) == 3 and len(first.history["mAP"]) == 2  # epochs 2, 3
     assert first.last_snapshot is None and not (tmp_path / "never").exists()
+
+
+def test_a_video_of_any_name_gets_an_id():
+    from detector.predict import UNNAMED_VIDEO, InputError, video_id_of
+
+    assert video_id_of("/films/Video_id-01.mkv") == "Video_id-01"
+    assert video_id_of("/films/movie.mkv") == UNNAMED_VIDEO
+    assert video_id_of("/films/my, movie.mkv", "AbCdEfGhIjK") == "AbCdEfGhIjK"
+    with pytest.raises(InputError, match="--video-id"):
+        video_id_of("movie.mkv", "movie")

@@ -97,6 +97,25 @@ def test_quiet_libraries_drops_native_log_lines_and_keeps_the_rest(capfd):
     assert capfd.readouterr().err == "ours\nffmpeg: a child's line\n"
 
 
+def test_quiet_libraries_restores_environment_loggers_and_warning_filters(monkeypatch):
+    import logging
+    import warnings
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    logging.getLogger("absl").setLevel(logging.DEBUG)
+    filters = list(warnings.filters)
+    with quiet_libraries():
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+        assert logging.getLogger("absl").level == logging.ERROR
+        assert warnings.filters != filters
+    assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert logging.getLogger("absl").level == logging.DEBUG
+    assert warnings.filters == filters
+    logging.getLogger("absl").setLevel(logging.NOTSET)
+
+
 def test_a_reader_that_goes_away_ends_the_verb_quietly(ava_data):
     """`ava-keyframes labelmap MAP | head -0`: the pipe closes before the first line."""
     import subprocess
