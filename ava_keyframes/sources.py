@@ -59,6 +59,7 @@ from ava_keyframes.cache import (
 )
 from ava_keyframes.media import VideoError, check_video
 from ava_keyframes.remote import (
+    GaveUp,
     Hosts,
     Limits,
     Meter,
@@ -67,6 +68,7 @@ from ava_keyframes.remote import (
     Refused,
     Remote,
     RemoteError,
+    ServerFault,
 )
 from ava_keyframes.window import WindowError, fetch_window, read_window, sidecar_path
 
@@ -90,8 +92,9 @@ class FetchResult:
     ``fetch_mode``: "cache", "local", "whole" (the whole file was downloaded) or "window" (only
     the span its seconds need, see :mod:`ava_keyframes.window`); ``note``: why a window was not
     fetched where one was asked for; ``bytes_fetched``: bytes received over the network for it
-    in this call; ``origin``: to pass to ``extract_keyframes`` (None: the file's own first
-    frame).
+    in this call; ``origin`` and ``to_end``: to pass to ``extract_keyframes`` (None: the
+    file's own first frame; ``to_end``: the file holds the video through its last frame, as
+    a window that runs to the video's end does).
     """
 
     id: str
@@ -104,6 +107,7 @@ class FetchResult:
     bytes_fetched: int = 0
     transient: bool = False
     note: str | None = None
+    to_end: bool = True
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status,
@@ -111,7 +115,7 @@ class FetchResult:
                 "source": self.source, "reason": self.reason,
                 "origin": None if self.origin is None else str(self.origin),
                 "fetch_mode": self.fetch_mode, "bytes_fetched": self.bytes_fetched,
-                "transient": self.transient, "note": self.note}
+                "transient": self.transient, "note": self.note, "to_end": self.to_end}
 
 
 class _Got(NamedTuple):
@@ -121,6 +125,7 @@ class _Got(NamedTuple):
     mode: str
     origin: Fraction | None = None
     note: str | None = None
+    to_end: bool = True
 
 
 class _Progress:
@@ -267,7 +272,7 @@ class VideoCache:
                 status, source = ("cached", "cache") if got.mode == "cache" else (
                     "downloaded", source)
                 return FetchResult(video_id, status, got.path, source, None, got.origin,
-                                   got.mode, meter.bytes, note=got.note)
+                                   got.mode, meter.bytes, note=got.note, to_end=got.to_end)
         return FetchResult(video_id, "unavailable", None, None, "; ".join(reasons),
                            bytes_fetched=meter.bytes, transient=transient)
 
@@ -320,20 +325,32 @@ class VideoCache:
         try:
             window = fetch_window(url, seconds, path, remote=self.remote, meter=meter,
                                   partial_dir=self.store.folder(self.store.partial))
-        except (NoRanges, WindowError) as error:
-            if error.transient:
+        except (NoRanges, ServerFault, WindowError) as error:
+            if isinstance(error, WindowError) and error.transient:
                 raise
-            got = self._whole(url, name, meter, seconds)
-            return got._replace(note=f"fetched whole: {error}")
+            return self._whole_instead(url, name, meter, seconds, error)
         if not window.requests:
-            return _Got(path, "cache", window.origin)
+            return _Got(path, "cache", window.origin, to_end=window.end is None)
         try:
-            _check_decodes(path, seconds, window.origin)
+            # a window to the video's end is checked to its end (the demuxer's, not a guess)
+            _check_decodes(path, None if window.end is None else seconds, window.origin)
         except Refused:
             path.unlink(missing_ok=True)
             sidecar_path(path).unlink(missing_ok=True)
             raise
-        return _Got(path, "window", window.origin)
+        return _Got(path, "window", window.origin, to_end=window.end is None)
+
+    def _whole_instead(self, url: str, name: str, meter: Meter, seconds: Sequence[float],
+                       why: RemoteError) -> _Got:
+        """The fallback rule for a window the server's answers could not make (no ranges, a
+        faulty ranged answer, a redirect loop, a file no window can be cut from): one
+        whole-file fetch. If that fails too, the video is lost for this run (transient),
+        never recorded as unavailable: a server fault is no proof that it is gone."""
+        try:
+            got = self._whole(url, name, meter, seconds)
+        except RemoteError as error:
+            raise GaveUp(f"no window ({why}), and the whole file failed too ({error})") from None
+        return got._replace(note=f"fetched whole: {why}")
 
     def _whole(self, url: str, name: str, meter: Meter, seconds: Sequence[float] | None
                ) -> _Got:

@@ -162,8 +162,6 @@ class RangeFile(io.RawIOBase):
             length = min(length, self.source.size - start)
         got = self.remote.read_range(self.url, start, start + length, self.meter, self.deadline)
         self.requests += 1
-        if got.total is None:
-            raise Refused(f"{self.url}: the server does not say the file's size")
         source = Source(self.url, got.total, got.etag)
         if self.source is None:
             self.deadline.expect(got.total)
