@@ -70,7 +70,8 @@ from ava_keyframes.remote import (
     RemoteError,
     ServerFault,
 )
-from ava_keyframes.window import WindowError, fetch_window, read_window, sidecar_path
+from ava_keyframes.sidecar import read_window, sidecar_path
+from ava_keyframes.window import WindowError, fetch_window
 
 SOURCE_NAMES = ("local", "mirror", "youtube")
 DEFAULT_MIRROR = "https://s3.amazonaws.com/ava-dataset/trainval/"

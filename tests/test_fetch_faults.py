@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -168,3 +169,34 @@ def test_a_window_to_the_video_s_end_keeps_its_last_keyframe_and_clip(tmp_path, 
     [from_window], [from_whole] = map(list, clips)
     assert from_window.padded == from_whole.padded > 0
     assert np.array_equal(from_window.frames, from_whole.frames)
+
+
+# --- the cache verifies the window sidecars it trusts ---
+
+
+@pytest.mark.parametrize("edit", ["origin", "end", "bytes"])
+def test_an_edited_sidecar_or_window_is_not_trusted_and_is_fetched_again(
+        tmp_path, served, edit):
+    server = RangeServer({"video": served})
+    try:
+        first = cache(tmp_path, server.url).fetch(VIDEO_ID, SECONDS)
+        side = first.path.with_name(first.path.name + ".json")
+        meta = json.loads(side.read_text())
+        if edit == "bytes":  # same size and mtime, one byte changed near the end
+            stat = first.path.stat()
+            data = bytearray(first.path.read_bytes())
+            data[-200] ^= 0xFF
+            first.path.write_bytes(bytes(data))
+            os.utime(first.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        else:
+            meta[edit] = "1" if edit == "origin" else None
+            side.write_text(json.dumps(meta))
+        server.reset()
+        again = cache(tmp_path, server.url).fetch(VIDEO_ID, SECONDS)
+    finally:
+        server.close()
+    assert again.fetch_mode == "window" and server.requests  # fetched again, not trusted
+    assert (again.origin, again.to_end) == (first.origin, False)
+    window = dict(extract_keyframes(again.path, SECONDS, origin=again.origin))
+    whole = dict(extract_keyframes(served, SECONDS))
+    assert all(np.array_equal(window[s], whole[s]) for s in whole)

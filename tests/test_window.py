@@ -20,9 +20,10 @@ from ava_keyframes import cli
 from ava_keyframes.frames import MissingKeyframes, extract_keyframes
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Limits, NoRanges, Remote, RemoteError
+from ava_keyframes.sidecar import read_window, sidecar_path
 from ava_keyframes.sources import VideoCache
 from ava_keyframes.stamp import read_frame_stamp, read_frame_times, write_stamped_video
-from ava_keyframes.window import WindowError, fetch_window, read_window, sidecar_path
+from ava_keyframes.window import WindowError, fetch_window
 
 DURATION = 120  # seconds: long enough that a 30 s window is a clear fraction
 SECONDS = list(range(40, 71))

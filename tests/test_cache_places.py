@@ -1,0 +1,64 @@
+"""What the cache opens for writing (issue 23): only regular files with one link, never a
+hard link planted to a file elsewhere, never a folder in a file's place; each refused in
+one line, the planted target untouched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from test_cache import GOOD, cache_on, file_server, no_cache_env, serve, video
+from test_window import VIDEO_ID, RangeServer, videos
+
+from ava_keyframes import cli
+from ava_keyframes.cache import CacheError
+from ava_keyframes.remote import Limits
+from ava_keyframes.sources import VideoCache
+
+__all__ = ["no_cache_env", "serve", "video", "videos"]  # fixtures, used by name
+
+
+def test_a_hard_link_planted_as_a_partial_file_is_refused_and_its_target_untouched(
+        tmp_path, serve, video, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    partial = tmp_path / "cache" / "partial"
+    partial.mkdir(parents=True)
+    os.link(victim, partial / f"{GOOD}.mkv")
+    server = serve(file_server(video))
+    with pytest.raises(CacheError, match=f"partial/{GOOD}.mkv: a file with 2 hard links"):
+        cache_on(server, tmp_path / "cache").fetch(GOOD)
+    code = cli.main(["download", "--ids", GOOD, "--cache", str(tmp_path / "cache"),
+                     "--sources", "mirror", "--mirror", server.url + "/m/", "--fetch", "whole"])
+    err = capsys.readouterr().err
+    assert code == 2 and "hard links" in err and len(err.strip().splitlines()) == 1
+    assert victim.read_bytes() == b"precious"
+
+
+def window_cache(tmp_path: Path, url: str) -> VideoCache:
+    return VideoCache(tmp_path / "cache", sources="mirror", mirror=url, fetch="window",
+                      limits=Limits(attempts=2, backoff=0), sleep=lambda _: None)
+
+
+@pytest.mark.parametrize("place", ["partial/.{name}.tmp1.mp4", "windows/{name}",
+                                   "windows/{name}.json"])
+def test_a_folder_in_a_window_file_s_place_is_refused_in_one_line(
+        tmp_path, videos, place, capsys):
+    served = tmp_path / f"{VIDEO_ID}.mp4"
+    served.write_bytes(videos["mp4"].read_bytes())
+    folder = tmp_path / "cache" / place.format(name=served.name)
+    folder.mkdir(parents=True)
+    csv = tmp_path / "train.csv"
+    csv.write_text(f"{VIDEO_ID},0040,0.1,0.1,0.5,0.5,12,0\n")
+    server = RangeServer({"video": served})
+    try:
+        with pytest.raises(CacheError, match="not a regular file"):
+            window_cache(tmp_path, server.url).fetch(VIDEO_ID, [40, 41])
+        code = cli.main(["download", "--csv", str(csv), "--cache", str(tmp_path / "cache"),
+                         "--sources", "mirror", "--mirror", server.url])
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "not a regular file" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and folder.is_dir()
