@@ -151,9 +151,9 @@ def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str 
     lets one writer at a time work on a video). The file keeps the container kind of
     ``path``'s suffix (.mp4, .mkv, .webm). HTTP goes through ``remote`` (bytes counted in
     ``meter``). Raises CacheError if anything but a regular file stands where the window,
-    its sidecar or a temporary goes, ValueError for no or negative seconds, NoRanges if the server ignores
-    Range, the other RemoteErrors of ``remote``, and WindowError if no window can be made of
-    this file; the window at ``path`` is then left as it was.
+    its sidecar or a temporary goes, ValueError for no or negative seconds, NoRanges if the
+    server ignores Range, the other RemoteErrors of ``remote``, and WindowError if no window
+    can be made of this file; the window at ``path`` is then left as it was.
     """
     path = Path(path)
     wanted = sorted({Fraction(s) for s in seconds})
