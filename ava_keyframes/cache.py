@@ -33,7 +33,7 @@ import re
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -80,6 +80,18 @@ def check_regular(path: Path) -> bool:
     return True
 
 
+def video_file(folder: Path, video_id: str, present: Callable[[Path], bool]) -> Path | None:
+    """The one file ``folder/<video_id>.<ext>`` that ``present`` accepts, if any. Two (an
+    ``.mkv`` and an ``.mp4``) are a CacheError naming both: which one is that video cannot
+    be told, and taking either silently could store another video's frames."""
+    found = [folder / (video_id + ext) for ext in VIDEO_EXTENSIONS
+             if present(folder / (video_id + ext))]
+    if len(found) > 1:
+        raise CacheError(f"{found[0]} and {found[1]}: two files for video {video_id}; "
+                         "remove the one that is not it")
+    return found[0] if found else None
+
+
 class CacheDir:
     """The folders of one cache; nothing is created until something is written."""
 
@@ -91,11 +103,7 @@ class CacheDir:
 
     def cached(self, video_id: str) -> Path | None:
         """The complete file of ``video_id`` in ``videos/``, if there is one."""
-        for ext in VIDEO_EXTENSIONS:
-            path = self.videos / (video_id + ext)
-            if check_regular(path):
-                return path
-        return None
+        return video_file(self.videos, video_id, check_regular)
 
     def folder(self, path: Path) -> Path:
         """Create ``path`` (one of the cache's folders) and check that it is a real folder."""

@@ -56,6 +56,7 @@ from ava_keyframes.cache import (
     Unavailable,
     check_regular,
     download_whole,
+    video_file,
 )
 from ava_keyframes.media import VideoError, check_video
 from ava_keyframes.remote import (
@@ -248,12 +249,12 @@ class VideoCache:
         reasons, transient = [], False
         for source in self.sources:
             if source == "local":
-                local = self._from_local(video_id)
+                local, why = self._from_local(video_id)
                 if local is not None:
                     return FetchResult(video_id, "cached", local, "local", None,
                                        fetch_mode="local")
-                if self.manual_dir is not None:
-                    reasons.append(f"local: not in {self.manual_dir / 'videos'}")
+                if why is not None:
+                    reasons.append(f"local: {why}")
                 continue
             known = self.unavailable.get(video_id, source)
             if known is not None and not self.retry_unavailable:
@@ -277,14 +278,21 @@ class VideoCache:
         return FetchResult(video_id, "unavailable", None, None, "; ".join(reasons),
                            bytes_fetched=meter.bytes, transient=transient)
 
-    def _from_local(self, video_id: str) -> Path | None:
+    def _from_local(self, video_id: str) -> tuple[Path | None, str | None]:
+        """(the local file, None), or (None, why not): not there, or not decodable (its
+        first frame), in which case the next source is tried. Two files for the id:
+        CacheError."""
         if self.manual_dir is None:
-            return None
-        for ext in VIDEO_EXTENSIONS:
-            path = self.manual_dir / "videos" / (video_id + ext)
-            if path.is_file():
-                return path
-        return None
+            return None, None
+        folder = self.manual_dir / "videos"
+        path = video_file(folder, video_id, Path.is_file)
+        if path is None:
+            return None, f"not in {folder}"
+        try:
+            check_video(path, until=0)
+        except VideoError as error:
+            return None, str(error)
+        return path, None
 
     def _from_remote(self, source: str, video_id: str, seconds: Sequence[float] | None,
                      meter: Meter) -> _Got:

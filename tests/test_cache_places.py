@@ -62,3 +62,42 @@ def test_a_folder_in_a_window_file_s_place_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert code == 2 and "not a regular file" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and folder.is_dir()
+
+
+# --- one file per id; an undecodable local file is not the end of the road ---
+
+
+@pytest.mark.parametrize("where", ["manual", "cache"])
+def test_two_files_for_one_id_are_refused_in_one_line_naming_both(
+        tmp_path, serve, video, where, capsys):
+    folder = tmp_path / ("manual/videos" if where == "manual" else "cache/videos")
+    folder.mkdir(parents=True)
+    (folder / f"{GOOD}.mkv").write_bytes(video)
+    (folder / f"{GOOD}.mp4").write_bytes(video)
+    server = serve(file_server(video))
+    cache = VideoCache(tmp_path / "cache", sources="local,mirror", mirror=server.url + "/m/",
+                       manual_dir=tmp_path / "manual", fetch="whole")
+    with pytest.raises(CacheError, match=f"{GOOD}.mkv and .*{GOOD}.mp4: two files for video"):
+        cache.fetch(GOOD)
+    code = cli.main(["download", "--ids", GOOD, "--cache", str(tmp_path / "cache"),
+                     "--manual-dir", str(tmp_path / "manual"), "--sources", "local,mirror",
+                     "--mirror", server.url + "/m/"])
+    err = capsys.readouterr().err
+    assert code == 2 and "two files for video" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_undecodable_local_file_falls_through_to_the_next_source(tmp_path, serve, video):
+    local = tmp_path / "manual" / "videos"
+    local.mkdir(parents=True)
+    (local / f"{GOOD}.mkv").write_bytes(b"<html>garbage</html>" * 50)
+    server = serve(file_server(video))
+
+    def fetch(sources: str):
+        return VideoCache(tmp_path / "cache", sources=sources, mirror=server.url + "/m/",
+                          manual_dir=tmp_path / "manual", fetch="whole").fetch(GOOD)
+
+    alone = fetch("local")
+    assert alone.status == "unavailable" and "not a decodable video" in alone.reason
+    result = fetch("local,mirror")
+    assert (result.status, result.source) == ("downloaded", "mirror")
+    assert result.path.read_bytes() == video
