@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -79,6 +79,18 @@ def read_window(path: str | os.PathLike) -> Window | None:
         return Window(path, Fraction(meta["origin"]), Fraction(meta["start"]), end, source)
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return None
+
+
+def covering_window(folder: Path, urls: Mapping[str, str], seconds: Iterable[float]
+                    ) -> Window | None:
+    """The first window ``folder/<name>`` cut from ``urls[name]`` that covers ``seconds``
+    (read only: no lock, no write)."""
+    wanted = [Fraction(second) for second in seconds]
+    for name, url in urls.items():
+        window = read_window(folder / name)
+        if window is not None and window.source.url == url and window.covers(wanted):
+            return window
+    return None
 
 
 def write_sidecar(window: Window, muxer: str, partial_dir: Path) -> None:

@@ -71,7 +71,7 @@ from ava_keyframes.remote import (
     RemoteError,
     ServerFault,
 )
-from ava_keyframes.sidecar import read_window, sidecar_path
+from ava_keyframes.sidecar import covering_window, read_window, sidecar_path
 from ava_keyframes.window import WindowError, fetch_window
 
 SOURCE_NAMES = ("local", "mirror", "youtube")
@@ -297,7 +297,10 @@ class VideoCache:
     def _from_remote(self, source: str, video_id: str, seconds: Sequence[float] | None,
                      meter: Meter) -> _Got:
         """One writer per video: under its lock, a file another writer finished meanwhile
-        is taken as it is."""
+        is taken as it is. A window that covers ``seconds`` needs no lock."""
+        held = self._held_window(video_id, seconds) if source == "mirror" else None
+        if held is not None:
+            return held
         with self.store.writer(video_id):
             cached = self.store.cached(video_id)
             if cached is not None:
@@ -310,8 +313,7 @@ class VideoCache:
 
     def _from_mirror(self, video_id: str, seconds: Sequence[float] | None, meter: Meter
                      ) -> _Got:
-        listed = mirror_file_names().get(video_id)
-        names = [listed] if listed else [video_id + ext for ext in VIDEO_EXTENSIONS]
+        names = self._mirror_names(video_id)
         window = bool(seconds) and self.fetch_mode == "window"
         if window:  # a name with a window in the cache first: it may need no request
             names.sort(key=lambda name: read_window(self.windows / name) is None)
@@ -325,6 +327,22 @@ class VideoCache:
             except Permanent as error:
                 missing.append(str(error))
         raise Permanent("; ".join(missing))
+
+    @staticmethod
+    def _mirror_names(video_id: str) -> list[str]:
+        listed = mirror_file_names().get(video_id)
+        return [listed] if listed else [video_id + ext for ext in VIDEO_EXTENSIONS]
+
+    def _held_window(self, video_id: str, seconds: Sequence[float] | None) -> _Got | None:
+        """A window in the cache, cut from the mirror, that covers ``seconds``: found by
+        reading alone (no lock, no write), so that a read-only cache serves what it holds."""
+        if not seconds or self.fetch_mode != "window":
+            return None
+        urls = {name: self.mirror + urllib.parse.quote(name)
+                for name in self._mirror_names(video_id)}
+        window = covering_window(self.windows, urls, seconds)
+        return None if window is None else _Got(window.path, "cache", window.origin,
+                                                to_end=window.end is None)
 
     def _window(self, url: str, name: str, meter: Meter, seconds: Sequence[float]) -> _Got:
         """The window of ``url`` that ``seconds`` need, in ``windows/<name>`` (what the cached

@@ -26,6 +26,7 @@ stream is kept (keyframes need no audio). All HTTP goes through :mod:`ava_keyfra
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import os
@@ -39,9 +40,9 @@ from pathlib import Path
 
 import av
 
-from ava_keyframes.cache import check_regular
+from ava_keyframes.cache import CacheError, check_regular
 from ava_keyframes.media import Video, VideoError, video_stream
-from ava_keyframes.remote import Deadline, Meter, Refused, Remote, RemoteError
+from ava_keyframes.remote import Deadline, GaveUp, Meter, Refused, Remote, RemoteError
 from ava_keyframes.sidecar import Source, Window, read_window, sidecar_path, write_sidecar
 
 MIN_BLOCK = 16 * 1024
@@ -87,6 +88,7 @@ class RangeFile(io.RawIOBase):
         self.until: int | None = None
         """Where the caller expects to stop reading, if it knows: read-ahead ends there."""
         self.source: Source | None = None
+        self.failure: RemoteError | None = None
         self._fetch(0)  # learns the size and identity (and whether ranges work at all)
 
     def readable(self) -> bool:
@@ -104,11 +106,20 @@ class RangeFile(io.RawIOBase):
         return self._pos
 
     def read(self, size: int = -1) -> bytes:
-        if self._pos >= self.source.size or size == 0:
+        """After a failed request every read is the end of the file: FFmpeg retries after
+        an error, and each further exception would be printed by PyAV as "dropped"; the
+        first one is what PyAV raises, and ``failure`` keeps it for the caller."""
+        if self._pos >= self.source.size or size == 0 or self.failure is not None:
             return b""
         found = next(((start, data) for start, data in self._blocks.items()
                       if start <= self._pos < start + len(data)), None)
-        start, data = found or (self._pos, self._fetch(self._pos))
+        if found is None:
+            try:
+                found = self._pos, self._fetch(self._pos)
+            except RemoteError as error:
+                self.failure = error
+                raise
+        start, data = found
         self._blocks.move_to_end(start)
         offset = self._pos - start
         chunk = data[offset:] if size < 0 else data[offset:offset + size]
@@ -171,9 +182,20 @@ def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str 
         try:
             window = _fetch_into(reader, wanted[0], wanted[-1], path, muxer, existing,
                                  Path(partial_dir))
-        except av.FFmpegError as error:
-            raise WindowError(f"{url}: no window can be cut from it ({error})") from None
+        except (av.FFmpegError, OSError) as error:
+            raise _failure(url, path, error) from None
     return replace(window, bytes_fetched=reader.bytes_fetched, requests=reader.requests)
+
+
+def _failure(url: str, path: Path, error: av.FFmpegError | OSError) -> Exception:
+    """What a failed cut means: a full disk is "no space left" (transient, and no reason
+    to download more), another write error a cache that cannot be used, an FFmpeg error
+    a file no window can be cut from (which a whole-file fetch may still serve)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return GaveUp(f"{path}: no space left on the device ({error.strerror})")
+    if not isinstance(error, av.FFmpegError):
+        return CacheError(f"{path}: cannot use the video cache ({error.strerror or error})")
+    return WindowError(f"{url}: no window can be cut from it ({error})")
 
 
 @dataclass(frozen=True)
@@ -215,6 +237,8 @@ def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path, muxer
                       for a, b in _missing_spans(existing, lo, hi)]
         pieces = sorted(pieces + ([old] if old else []), key=lambda piece: piece.first)
         whole = pieces[0] if len(pieces) == 1 else _join(pieces, temp(), muxer)
+        if reader.failure is not None:  # never a window cut short by a failed read
+            raise reader.failure
         os.replace(whole.path, path)
         window = Window(path, origin, whole.first - origin,
                         None if whole.end is None else whole.end - origin, reader.source)

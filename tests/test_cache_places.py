@@ -5,6 +5,7 @@ one line, the planted target untouched."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,37 @@ def test_an_undecodable_local_file_falls_through_to_the_next_source(tmp_path, se
     result = fetch("local,mirror")
     assert (result.status, result.source) == ("downloaded", "mirror")
     assert result.path.read_bytes() == video
+
+
+def test_a_read_only_cache_serves_the_windows_it_holds(tmp_path, videos):
+    served = tmp_path / f"{VIDEO_ID}.mp4"
+    served.write_bytes(videos["mp4"].read_bytes())
+    cache = tmp_path / "cache"
+    server = RangeServer({"video": served})
+    try:
+        first = window_cache(tmp_path, server.url).fetch(VIDEO_ID, range(40, 61))
+        assert first.fetch_mode == "window"
+        if subprocess.run(["chattr", "-R", "+i", str(cache)],  # noqa: S603, S607
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot make an immutable folder here")
+        try:
+            if not _immutable(cache / "locks"):
+                pytest.skip("cannot make a read-only folder here")
+            server.reset()
+            held = window_cache(tmp_path, server.url).fetch(VIDEO_ID, range(45, 56))
+        finally:
+            subprocess.run(["chattr", "-R", "-i", str(cache)], check=True)  # noqa: S603, S607
+    finally:
+        server.close()
+    assert (held.status, held.fetch_mode, held.path, held.origin) == (
+        "cached", "cache", first.path, first.origin)
+    assert server.requests == []
+
+
+def _immutable(folder: Path) -> bool:
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return True
+    (folder / "probe").unlink()
+    return False

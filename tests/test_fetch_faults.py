@@ -5,6 +5,7 @@ unavailable. Only 404 and 410 mark a video unavailable."""
 
 from __future__ import annotations
 
+import errno
 import http.server
 import json
 import os
@@ -12,11 +13,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from loopback import LoopbackServer
 from test_window import VIDEO_ID, RangeServer, videos
 
+from ava_keyframes import cli, window
 from ava_keyframes.frames import extract_clips, extract_keyframes
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Limits
@@ -200,3 +203,59 @@ def test_an_edited_sidecar_or_window_is_not_trusted_and_is_fetched_again(
     window = dict(extract_keyframes(again.path, SECONDS, origin=again.origin))
     whole = dict(extract_keyframes(served, SECONDS))
     assert all(np.array_equal(window[s], whole[s]) for s in whole)
+
+
+# --- a window fetch that fails says so once, without PyAV's dropped-exception noise ---
+
+
+class FailingAfter(RangeServer):
+    """Answers the first ``good`` requests, then 503 to every request."""
+
+    def __init__(self, files: dict[str, Path], good: int):
+        self.good = good
+        super().__init__(files)
+
+    def _respond(self, handler: http.server.BaseHTTPRequestHandler, number: int) -> None:
+        if number > self.good:
+            handler.send_error(503)
+            return
+        super()._respond(handler, number)
+
+
+@pytest.mark.parametrize("kind, good", [("mkv", 1), ("mkv", 3), ("mp4", 1), ("mp4", 3)])
+def test_a_window_fetch_failing_midway_prints_no_dropped_exceptions(
+        tmp_path, videos, kind, good, capfd):
+    served = tmp_path / f"{VIDEO_ID}.{kind}"
+    served.write_bytes(videos[kind].read_bytes())
+    server = FailingAfter({"video": served}, good)
+    try:
+        result = cache(tmp_path, server.url).fetch(VIDEO_ID, range(40, 71))
+    finally:
+        server.close()
+    assert (result.status, result.transient) == ("unavailable", True)
+    assert "503" in result.reason
+    err = capfd.readouterr().err
+    assert "being dropped" not in err and "Traceback" not in err
+    assert not list((tmp_path / "cache" / "windows").glob("*"))
+
+
+def test_a_full_disk_during_a_window_write_is_transient_and_downloads_nothing_more(
+        tmp_path, served, monkeypatch, capsys):
+    def full_disk(packets, template, out, muxer):
+        av.error.err_check(-errno.ENOSPC, str(out))
+
+    monkeypatch.setattr(window, "_write", full_disk)
+    csv = tmp_path / "train.csv"
+    csv.write_text(f"{VIDEO_ID},0040,0.1,0.1,0.5,0.5,12,0\n")
+    server = RangeServer({"video": served})
+    try:
+        result = cache(tmp_path, server.url).fetch(VIDEO_ID, SECONDS)
+        code = cli.main(["download", "--csv", str(csv), "--cache", str(tmp_path / "cache"),
+                         "--sources", "mirror", "--mirror", server.url])
+    finally:
+        server.close()
+    assert (result.status, result.transient) == ("unavailable", True)
+    assert "no space left" in result.reason
+    assert all(requested is not None for _, requested in server.requests)  # nothing whole
+    out, err = capsys.readouterr()
+    assert code == 1 and "no space left" in out + err and "Traceback" not in out + err
