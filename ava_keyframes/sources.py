@@ -22,10 +22,16 @@ note). YouTube videos are always fetched whole.
 
 Failures never stop a batch. Transient ones (timeouts, resets, HTTP 5xx, 429, deadlines,
 unreachable hosts, a full disk) are retried within the limits, then reported with
-``transient=True``. Permanent ones (HTTP 404, a removed or private YouTube video) are recorded
+``transient=True``; so are server faults (a redirect loop, a ranged answer that does not fit
+its request: a window then falls back to one whole-file fetch, see ``_whole_instead``) and
+4xx answers other than 404 and 410. Permanent ones (HTTP 404, 410, a removed or private
+YouTube video) are recorded
 per (id, source) in ``<cache>/unavailable.json`` and that source is skipped for that id on later
 runs, unless ``retry_unavailable``. A file over the size limit or one that does not decode is
 given up for this run only. A cache that cannot be used safely raises CacheError.
+
+An undecodable local file is passed over for the next source; two files for one id (an
+``.mkv`` and an ``.mp4``, locally or in the cache) are refused in one line naming both.
 
 Ids are checked with :func:`ava_keyframes.annotations.check_video_id` before any path, URL or
 process is made from them.
