@@ -13,9 +13,11 @@
   URL, size and ETag, and the length and SHA-256 of what was written. A partial is resumed
   only when its bytes still hash to that record (a longer tail, written after the last record,
   is cut off first); otherwise it starts over.
-- Symbolic links and special files are refused anywhere in the cache (files are opened with
-  ``O_NOFOLLOW``); the cache folder itself may be a link. A cache that cannot be written, or
-  holds a link, is a :class:`CacheError`: one line naming the path.
+- Symbolic links, hard-linked files, folders in file places and special files are refused
+  anywhere in the cache (files are opened with ``O_NOFOLLOW`` and must have one link; new
+  files are fresh temporaries renamed into place); the cache folder itself may be a link. A
+  cache that cannot be written, or holds such a thing, is a :class:`CacheError`: one line
+  naming the path.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import re
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,6 +80,18 @@ def check_regular(path: Path) -> bool:
     return True
 
 
+def video_file(folder: Path, video_id: str, present: Callable[[Path], bool]) -> Path | None:
+    """The one file ``folder/<video_id>.<ext>`` that ``present`` accepts, if any. Two (an
+    ``.mkv`` and an ``.mp4``) are a CacheError naming both: which one is that video cannot
+    be told, and taking either silently could store another video's frames."""
+    found = [folder / (video_id + ext) for ext in VIDEO_EXTENSIONS
+             if present(folder / (video_id + ext))]
+    if len(found) > 1:
+        raise CacheError(f"{found[0]} and {found[1]}: two files for video {video_id}; "
+                         "remove the one that is not it")
+    return found[0] if found else None
+
+
 class CacheDir:
     """The folders of one cache; nothing is created until something is written."""
 
@@ -89,11 +103,7 @@ class CacheDir:
 
     def cached(self, video_id: str) -> Path | None:
         """The complete file of ``video_id`` in ``videos/``, if there is one."""
-        for ext in VIDEO_EXTENSIONS:
-            path = self.videos / (video_id + ext)
-            if check_regular(path):
-                return path
-        return None
+        return video_file(self.videos, video_id, check_regular)
 
     def folder(self, path: Path) -> Path:
         """Create ``path`` (one of the cache's folders) and check that it is a real folder."""
@@ -129,7 +139,9 @@ class CacheDir:
 
 
 def open_file(path: Path, flags: int) -> int:
-    """``os.open`` that refuses links (O_NOFOLLOW) and anything but a regular file."""
+    """``os.open`` that refuses links (O_NOFOLLOW), anything but a regular file, and a file
+    with more than one hard link (writing to it would change the file it is linked to,
+    perhaps outside the cache)."""
     check_regular(path)
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
@@ -137,9 +149,12 @@ def open_file(path: Path, flags: int) -> int:
         if error.errno == errno.ELOOP:
             raise CacheError(f"{path}: a symbolic link in the video cache, refused") from None
         raise _cache_error(path, error) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode) or opened.st_nlink != 1:
         os.close(fd)
-        raise CacheError(f"{path}: not a regular file in the video cache, refused")
+        kind = ("not a regular file" if not stat.S_ISREG(opened.st_mode)
+                else f"a file with {opened.st_nlink} hard links")
+        raise CacheError(f"{path}: {kind} in the video cache, refused (remove it)")
     return fd
 
 

@@ -84,7 +84,7 @@ class MissingKeyframes(KeyframeError):
 
 def extract_keyframes(
     path: str | os.PathLike, seconds: Iterable[Second], *, max_side: int | None = None,
-    origin: Fraction | None = None,
+    origin: Fraction | None = None, to_end: bool = False,
 ) -> Iterator[tuple[Second, np.ndarray]]:
     """Yield ``(second, H x W x 3 uint8 RGB frame)`` for each requested second, ascending.
 
@@ -93,16 +93,18 @@ def extract_keyframes(
     wins). ``max_side`` downscales (never upscaling) so that the longer side is at most that
     many pixels. ``origin`` is the presentation time, in this file's timeline, of the
     original video's first frame (a window cut from a longer video passes the original's);
-    None counts from this file's own first frame. Raises ``KeyframeError`` for a missing
-    file or one that is not a decodable video, and ``MissingKeyframes`` (after yielding the
-    frames that exist) for seconds with no frame in this file.
+    None counts from this file's own first frame. ``to_end`` (with ``origin``): the file is
+    known to hold the video through its last frame (a window that runs to the video's end),
+    so its last frames are trusted as the whole file's would be. Raises ``KeyframeError``
+    for a missing file or one that is not a decodable video, and ``MissingKeyframes`` (after
+    yielding the frames that exist) for seconds with no frame in this file.
     """
     wanted = sorted_unique(seconds)
     check_max_side(max_side)
     with open_video(path) as video:
         start = video.start if origin is None else Fraction(origin)
         answers = Answers(video, [start + w.exact for w in wanted],
-                          origin=None if origin is None else start)
+                          origin=None if origin is None else start, to_end=to_end)
         previous = image = None
         for index, frame in answers:
             # a frame answering several seconds: each gets its own array
@@ -139,6 +141,7 @@ def clip_offsets(length: int, stride: int) -> list[Fraction]:
 def extract_clips(
     path: str | os.PathLike, seconds: Iterable[Second], *, length: int, stride: int,
     clip_short_side: int = 256, max_side: int | None = None, origin: Fraction | None = None,
+    to_end: bool = False,
 ) -> Iterator[Clip]:
     """Yield a :class:`Clip` for each requested second, ascending, from one decoding pass.
 
@@ -146,7 +149,7 @@ def extract_clips(
     ``second + (k - length // 2) * stride / 30`` (the keyframe rule, so timing holds at any
     frame rate), resized to a shorter side of ``clip_short_side``. Times before the video's
     first frame take that frame and times after its last frame take the last one, counted
-    in ``Clip.padded``. ``seconds``, ``max_side`` and ``origin`` are as for
+    in ``Clip.padded``. ``seconds``, ``max_side``, ``origin`` and ``to_end`` are as for
     :func:`extract_keyframes`; so is ``MissingKeyframes``, raised at the end for seconds
     whose keyframe or clip this file cannot give whole (a window too short, a corrupt or
     truncated file). Memory holds the clips in flight, never the video.
@@ -161,11 +164,13 @@ def extract_clips(
         clips = [_ClipSlots(w, [start + w.exact + offset for offset in offsets], start)
                  for w in wanted]
         times = sorted({time for clip in clips for time in clip.times})
-        answers = Answers(video, times, origin=None if origin is None else start)
+        answers = Answers(video, times, origin=None if origin is None else start,
+                          to_end=to_end)
         filler = _ClipFiller(clips, times, max_side, clip_short_side)
         for index, frame in answers:
             yield from filler.fill(index, frame)
-        if answers.last_frame is not None and origin is None and not answers.ends_early():
+        whole_end = origin is None or to_end
+        if answers.last_frame is not None and whole_end and not answers.ends_early():
             yield from filler.pad_end(answers.unanswered, answers.last_frame,
                                       answers.last_time)
         if filler.waiting:
@@ -320,7 +325,8 @@ class Answers:
     the first frame at or after it, in order of index, from one decode per run of close
     times. ``origin``: where the video starts in the file's timeline if the file may hold
     only a part of it (a window): times outside the part it holds surely go unanswered
-    rather than answered by a later frame. None: the file is the whole video.
+    rather than answered by a later frame. None: the file is the whole video. ``to_end``:
+    the part runs to the video's end, so its tail is complete.
 
     Afterwards ``unanswered`` lists the indices that got no frame, and ``last_frame`` holds
     the file's last frame (at ``last_time``) if a run decoded to the end of the file without
@@ -328,7 +334,7 @@ class Answers:
     """
 
     def __init__(self, video: Video, times: list[Fraction], *,
-                 origin: Fraction | None) -> None:
+                 origin: Fraction | None, to_end: bool = False) -> None:
         self.video = video
         self.times = times
         self.unanswered: list[int] = []
@@ -338,7 +344,7 @@ class Answers:
         self.origin = video.start if origin is None else origin
         part = origin is not None  # the file may hold only part of the video
         self._earliest = video.start if part and video.start > origin else None
-        self._latest = video.complete_until() if part else None
+        self._latest = video.complete_until() if part and not to_end else None
 
     def __iter__(self) -> Iterator[tuple[int, av.VideoFrame]]:
         for run in self._runs():

@@ -99,13 +99,14 @@ class VideoWork:
         over ``fetched``'s file (see :mod:`ava_keyframes.frames`)."""
         if self.clip is None:
             for second, frame in extract_keyframes(fetched.path, job.seconds,
-                                                   max_side=self.max_side, origin=fetched.origin):
+                                                   max_side=self.max_side, origin=fetched.origin,
+                                                   to_end=fetched.to_end):
                 yield second, frame, None
             return
         length, stride, short_side = self.clip
         for clip in extract_clips(fetched.path, job.seconds, length=length, stride=stride,
                                   clip_short_side=short_side, max_side=self.max_side,
-                                  origin=fetched.origin):
+                                  origin=fetched.origin, to_end=fetched.to_end):
             yield clip.second, clip.keyframe, clip
 
 

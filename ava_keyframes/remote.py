@@ -118,8 +118,16 @@ class GaveUp(RemoteError):
     """Not to be tried again in this run, though a later run may succeed."""
 
 
+class ServerFault(GaveUp):
+    """An answer that breaks HTTP's rules (a redirect loop, more than 5 redirects, a ranged
+    answer whose Content-Range or length does not fit the request): a fault of the server,
+    no proof that the file is gone. Not retried in this run; a window fetch falls back to
+    one whole-file fetch."""
+
+
 class Permanent(RemoteError):
-    """The source does not have it (HTTP 404, 410, ...): recorded in unavailable.json."""
+    """The source does not have it (HTTP 404, 410): recorded in unavailable.json. Only
+    answers that mean absence are Permanent."""
 
     transient = False
 
@@ -209,7 +217,7 @@ class NoRanges(Refused):
 
 class Range(NamedTuple):
     data: bytes
-    total: int | None  # the whole file's size, from Content-Range
+    total: int  # the whole file's size, from Content-Range
     etag: str | None = None  # identifies the file's version, when the server sends one
 
 
@@ -310,8 +318,8 @@ class Remote:
 
     def read_range(self, url: str, start: int, end: int, meter: Meter,
                    deadline: Deadline | None = None) -> Range:
-        """Bytes ``start`` to ``end`` (exclusive) of ``url``, with retries; Refused when the
-        server does not answer ranges."""
+        """Bytes ``start`` to ``end`` (exclusive) of ``url``, with retries; NoRanges when the
+        server does not answer ranges, ServerFault when its 206 does not fit the request."""
         if not 0 <= start < end or end - start > self.limits.max_bytes:
             raise ValueError(f"invalid byte range {start}-{end}")
         deadline = deadline or Deadline(self.limits)
@@ -323,17 +331,20 @@ class Remote:
                 if response.status != 206:
                     raise NoRanges(f"{url}: the server does not answer byte ranges "
                                    f"(HTTP {response.status})")
-                if not match or int(match[1]) != start:
-                    raise Refused(f"{url}: bad Content-Range for bytes {start}-{end - 1}")
+                if (not match or int(match[1]) != start or match[3] == "*"
+                        or not start <= int(match[2]) < min(end, int(match[3]))):
+                    raise ServerFault(f"{url}: a 206 answer with a missing, wrong or unsized "
+                                      f"Content-Range for bytes {start}-{end - 1}")
                 etag = response.headers.get("ETag")
                 data = bytearray()
                 for chunk in self.chunks(response, deadline, meter, url):
                     data += chunk
-                    if len(data) > end - start:
-                        raise Refused(f"{url}: more bytes than the range asked for")
+                    if len(data) > int(match[2]) + 1 - start:
+                        raise ServerFault(f"{url}: a 206 answer with more bytes than its "
+                                          "Content-Range")
             if len(data) < min(end, int(match[2]) + 1) - start:
                 raise Transient(f"{url}: range cut short at {start + len(data)}")
-            return Range(bytes(data), None if match[3] == "*" else int(match[3]), etag)
+            return Range(bytes(data), int(match[3]), etag)
 
         return self.retrying(attempt, deadline, url)
 
@@ -383,11 +394,16 @@ def _http_error(url: str, status: int, reason: str, headers: Mapping[str, str]) 
     message = f"{url}: HTTP {status} {reason}".strip()
     if status == 416:
         return Unsatisfiable(message)
-    if 300 <= status < 400:  # a redirect urllib would not follow (file://, too many)
+    if 300 <= status < 400 and str(reason).startswith(_SafeRedirects.inf_msg):
+        return ServerFault(f"{url}: HTTP {status}: a redirect loop or more than "
+                           f"{_SafeRedirects.max_redirections} redirects")
+    if 300 <= status < 400:  # a redirect urllib would not follow (file://)
         return Refused(f"{message}: redirect refused")
     if status in (408, 429) or status >= 500:
         return Transient(message, parse_retry_after(headers.get("Retry-After")))
-    return Permanent(message)
+    if status in (404, 410):
+        return Permanent(message)
+    return GaveUp(f"{message} (not proof that the file is gone: not recorded)")
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -22,10 +22,16 @@ note). YouTube videos are always fetched whole.
 
 Failures never stop a batch. Transient ones (timeouts, resets, HTTP 5xx, 429, deadlines,
 unreachable hosts, a full disk) are retried within the limits, then reported with
-``transient=True``. Permanent ones (HTTP 404, a removed or private YouTube video) are recorded
+``transient=True``; so are server faults (a redirect loop, a ranged answer that does not fit
+its request: a window then falls back to one whole-file fetch, see ``_whole_instead``) and
+4xx answers other than 404 and 410. Permanent ones (HTTP 404, 410, a removed or private
+YouTube video) are recorded
 per (id, source) in ``<cache>/unavailable.json`` and that source is skipped for that id on later
 runs, unless ``retry_unavailable``. A file over the size limit or one that does not decode is
 given up for this run only. A cache that cannot be used safely raises CacheError.
+
+An undecodable local file is passed over for the next source; two files for one id (an
+``.mkv`` and an ``.mp4``, locally or in the cache) are refused in one line naming both.
 
 Ids are checked with :func:`ava_keyframes.annotations.check_video_id` before any path, URL or
 process is made from them.
@@ -56,9 +62,11 @@ from ava_keyframes.cache import (
     Unavailable,
     check_regular,
     download_whole,
+    video_file,
 )
 from ava_keyframes.media import VideoError, check_video
 from ava_keyframes.remote import (
+    GaveUp,
     Hosts,
     Limits,
     Meter,
@@ -67,8 +75,10 @@ from ava_keyframes.remote import (
     Refused,
     Remote,
     RemoteError,
+    ServerFault,
 )
-from ava_keyframes.window import WindowError, fetch_window, read_window, sidecar_path
+from ava_keyframes.sidecar import covering_window, read_window, sidecar_path
+from ava_keyframes.window import WindowError, fetch_window
 
 SOURCE_NAMES = ("local", "mirror", "youtube")
 DEFAULT_MIRROR = "https://s3.amazonaws.com/ava-dataset/trainval/"
@@ -90,8 +100,9 @@ class FetchResult:
     ``fetch_mode``: "cache", "local", "whole" (the whole file was downloaded) or "window" (only
     the span its seconds need, see :mod:`ava_keyframes.window`); ``note``: why a window was not
     fetched where one was asked for; ``bytes_fetched``: bytes received over the network for it
-    in this call; ``origin``: to pass to ``extract_keyframes`` (None: the file's own first
-    frame).
+    in this call; ``origin`` and ``to_end``: to pass to ``extract_keyframes`` (None: the
+    file's own first frame; ``to_end``: the file holds the video through its last frame, as
+    a window that runs to the video's end does).
     """
 
     id: str
@@ -104,6 +115,7 @@ class FetchResult:
     bytes_fetched: int = 0
     transient: bool = False
     note: str | None = None
+    to_end: bool = True
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status,
@@ -111,7 +123,7 @@ class FetchResult:
                 "source": self.source, "reason": self.reason,
                 "origin": None if self.origin is None else str(self.origin),
                 "fetch_mode": self.fetch_mode, "bytes_fetched": self.bytes_fetched,
-                "transient": self.transient, "note": self.note}
+                "transient": self.transient, "note": self.note, "to_end": self.to_end}
 
 
 class _Got(NamedTuple):
@@ -121,6 +133,7 @@ class _Got(NamedTuple):
     mode: str
     origin: Fraction | None = None
     note: str | None = None
+    to_end: bool = True
 
 
 class _Progress:
@@ -242,12 +255,12 @@ class VideoCache:
         reasons, transient = [], False
         for source in self.sources:
             if source == "local":
-                local = self._from_local(video_id)
+                local, why = self._from_local(video_id)
                 if local is not None:
                     return FetchResult(video_id, "cached", local, "local", None,
                                        fetch_mode="local")
-                if self.manual_dir is not None:
-                    reasons.append(f"local: not in {self.manual_dir / 'videos'}")
+                if why is not None:
+                    reasons.append(f"local: {why}")
                 continue
             known = self.unavailable.get(video_id, source)
             if known is not None and not self.retry_unavailable:
@@ -267,23 +280,33 @@ class VideoCache:
                 status, source = ("cached", "cache") if got.mode == "cache" else (
                     "downloaded", source)
                 return FetchResult(video_id, status, got.path, source, None, got.origin,
-                                   got.mode, meter.bytes, note=got.note)
+                                   got.mode, meter.bytes, note=got.note, to_end=got.to_end)
         return FetchResult(video_id, "unavailable", None, None, "; ".join(reasons),
                            bytes_fetched=meter.bytes, transient=transient)
 
-    def _from_local(self, video_id: str) -> Path | None:
+    def _from_local(self, video_id: str) -> tuple[Path | None, str | None]:
+        """(the local file, None), or (None, why not): not there, or not decodable (its
+        first frame), in which case the next source is tried. Two files for the id:
+        CacheError."""
         if self.manual_dir is None:
-            return None
-        for ext in VIDEO_EXTENSIONS:
-            path = self.manual_dir / "videos" / (video_id + ext)
-            if path.is_file():
-                return path
-        return None
+            return None, None
+        folder = self.manual_dir / "videos"
+        path = video_file(folder, video_id, Path.is_file)
+        if path is None:
+            return None, f"not in {folder}"
+        try:
+            check_video(path, until=0)
+        except VideoError as error:
+            return None, str(error)
+        return path, None
 
     def _from_remote(self, source: str, video_id: str, seconds: Sequence[float] | None,
                      meter: Meter) -> _Got:
         """One writer per video: under its lock, a file another writer finished meanwhile
-        is taken as it is."""
+        is taken as it is. A window that covers ``seconds`` needs no lock."""
+        held = self._held_window(video_id, seconds) if source == "mirror" else None
+        if held is not None:
+            return held
         with self.store.writer(video_id):
             cached = self.store.cached(video_id)
             if cached is not None:
@@ -296,8 +319,7 @@ class VideoCache:
 
     def _from_mirror(self, video_id: str, seconds: Sequence[float] | None, meter: Meter
                      ) -> _Got:
-        listed = mirror_file_names().get(video_id)
-        names = [listed] if listed else [video_id + ext for ext in VIDEO_EXTENSIONS]
+        names = self._mirror_names(video_id)
         window = bool(seconds) and self.fetch_mode == "window"
         if window:  # a name with a window in the cache first: it may need no request
             names.sort(key=lambda name: read_window(self.windows / name) is None)
@@ -312,6 +334,22 @@ class VideoCache:
                 missing.append(str(error))
         raise Permanent("; ".join(missing))
 
+    @staticmethod
+    def _mirror_names(video_id: str) -> list[str]:
+        listed = mirror_file_names().get(video_id)
+        return [listed] if listed else [video_id + ext for ext in VIDEO_EXTENSIONS]
+
+    def _held_window(self, video_id: str, seconds: Sequence[float] | None) -> _Got | None:
+        """A window in the cache, cut from the mirror, that covers ``seconds``: found by
+        reading alone (no lock, no write), so that a read-only cache serves what it holds."""
+        if not seconds or self.fetch_mode != "window":
+            return None
+        urls = {name: self.mirror + urllib.parse.quote(name)
+                for name in self._mirror_names(video_id)}
+        window = covering_window(self.windows, urls, seconds)
+        return None if window is None else _Got(window.path, "cache", window.origin,
+                                                to_end=window.end is None)
+
     def _window(self, url: str, name: str, meter: Meter, seconds: Sequence[float]) -> _Got:
         """The window of ``url`` that ``seconds`` need, in ``windows/<name>`` (what the cached
         window lacks, if anything). A server that ignores byte ranges, or a file that no
@@ -320,20 +358,32 @@ class VideoCache:
         try:
             window = fetch_window(url, seconds, path, remote=self.remote, meter=meter,
                                   partial_dir=self.store.folder(self.store.partial))
-        except (NoRanges, WindowError) as error:
-            if error.transient:
+        except (NoRanges, ServerFault, WindowError) as error:
+            if isinstance(error, WindowError) and error.transient:
                 raise
-            got = self._whole(url, name, meter, seconds)
-            return got._replace(note=f"fetched whole: {error}")
+            return self._whole_instead(url, name, meter, seconds, error)
         if not window.requests:
-            return _Got(path, "cache", window.origin)
+            return _Got(path, "cache", window.origin, to_end=window.end is None)
         try:
-            _check_decodes(path, seconds, window.origin)
+            # a window to the video's end is checked to its end (the demuxer's, not a guess)
+            _check_decodes(path, None if window.end is None else seconds, window.origin)
         except Refused:
             path.unlink(missing_ok=True)
             sidecar_path(path).unlink(missing_ok=True)
             raise
-        return _Got(path, "window", window.origin)
+        return _Got(path, "window", window.origin, to_end=window.end is None)
+
+    def _whole_instead(self, url: str, name: str, meter: Meter, seconds: Sequence[float],
+                       why: RemoteError) -> _Got:
+        """The fallback rule for a window the server's answers could not make (no ranges, a
+        faulty ranged answer, a redirect loop, a file no window can be cut from): one
+        whole-file fetch. If that fails too, the video is lost for this run (transient),
+        never recorded as unavailable: a server fault is no proof that it is gone."""
+        try:
+            got = self._whole(url, name, meter, seconds)
+        except RemoteError as error:
+            raise GaveUp(f"no window ({why}), and the whole file failed too ({error})") from None
+        return got._replace(note=f"fetched whole: {why}")
 
     def _whole(self, url: str, name: str, meter: Meter, seconds: Sequence[float] | None
                ) -> _Got:

@@ -14,7 +14,9 @@ video's first frame.
 
 The cache stays honest: a window file is written under a temporary name and renamed once
 whole, next to a JSON sidecar naming what it covers, the source (URL, size, ETag) and its
-origin; a sidecar that does not match its file is ignored. A later call that needs seconds
+origin, with a digest of all that and of the file's bytes (:mod:`ava_keyframes.sidecar`);
+a sidecar that does not match its file, or was edited, is ignored and the window fetched
+again. A later call that needs seconds
 outside the window fetches only the missing span(s), joined to the window by stream copy
 (the window stays one contiguous span, so no second is ever answered by a wrong frame).
 A server that ignores Range (answers 200) raises :class:`~ava_keyframes.remote.NoRanges`
@@ -24,9 +26,9 @@ stream is kept (keyframes need no audio). All HTTP goes through :mod:`ava_keyfra
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
-import json
 import os
 import tempfile
 import urllib.parse
@@ -35,12 +37,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from stat import S_ISREG
 
 import av
 
+from ava_keyframes.cache import CacheError, check_regular
 from ava_keyframes.media import Video, VideoError, video_stream
-from ava_keyframes.remote import Deadline, Meter, Refused, Remote, RemoteError
+from ava_keyframes.remote import Deadline, GaveUp, Meter, Refused, Remote, RemoteError
+from ava_keyframes.sidecar import Source, Window, read_window, sidecar_path, write_sidecar
 
 MIN_BLOCK = 16 * 1024
 MAX_BLOCK = 8 * 2**20
@@ -50,7 +53,6 @@ it will stop (``RangeFile.until``)."""
 
 _KEPT_BLOCKS = 8
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
-_SIDECAR_VERSION = 1
 _NO_DTS = ("matroska", "webm")
 
 
@@ -62,44 +64,6 @@ class WindowError(RemoteError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-@dataclass(frozen=True)
-class Source:
-    """What identifies the remote file: a window is only extended from the same one."""
-
-    url: str
-    size: int
-    etag: str | None
-
-
-@dataclass(frozen=True)
-class Window:
-    """A window file in the cache.
-
-    ``start`` and ``end`` are the times (seconds from the original's first frame) of the
-    window's first frame (a key frame) and of its last needed frame; ``end`` is None when the
-    window runs to the end of the video. Every second ``t`` with ``start <= t <= end`` is
-    answered by the same frame as in the whole file. ``origin`` is the time, in the window
-    file's timeline, of the original video's first frame (pass it to ``extract_keyframes``).
-    ``bytes_fetched`` and ``requests`` count this call's HTTP traffic (0 from the cache).
-    """
-
-    path: Path
-    origin: Fraction
-    start: Fraction
-    end: Fraction | None
-    source: Source
-    bytes_fetched: int = 0
-    requests: int = 0
-
-    def covers(self, seconds: Iterable[Fraction]) -> bool:
-        return all(self.start <= s and (self.end is None or s <= self.end) for s in seconds)
-
-
-def sidecar_path(path: Path) -> Path:
-    """The JSON file that describes the window file ``path``."""
-    return path.with_name(path.name + ".json")
 
 
 class RangeFile(io.RawIOBase):
@@ -124,7 +88,7 @@ class RangeFile(io.RawIOBase):
         self.until: int | None = None
         """Where the caller expects to stop reading, if it knows: read-ahead ends there."""
         self.source: Source | None = None
-        self.failed = False
+        self.failure: RemoteError | None = None
         self._fetch(0)  # learns the size and identity (and whether ranges work at all)
 
     def readable(self) -> bool:
@@ -142,21 +106,20 @@ class RangeFile(io.RawIOBase):
         return self._pos
 
     def read(self, size: int = -1) -> bytes:
-        """Bytes from the current position. After a failed read, every later one reads as
-        the end of the file: PyAV reports the first error, and FFmpeg's retries would each
-        raise again (printed as "PyAV library exception being dropped" tracebacks)."""
-        if self.failed or self._pos >= self.source.size or size == 0:
+        """After a failed request every read is the end of the file: FFmpeg retries after
+        an error, and each further exception would be printed by PyAV as "dropped"; the
+        first one is what PyAV raises, and ``failure`` keeps it for the caller."""
+        if self._pos >= self.source.size or size == 0 or self.failure is not None:
             return b""
-        try:
-            return self._read(size)
-        except BaseException:
-            self.failed = True
-            raise
-
-    def _read(self, size: int) -> bytes:
         found = next(((start, data) for start, data in self._blocks.items()
                       if start <= self._pos < start + len(data)), None)
-        start, data = found or (self._pos, self._fetch(self._pos))
+        if found is None:
+            try:
+                found = self._pos, self._fetch(self._pos)
+            except RemoteError as error:
+                self.failure = error
+                raise
+        start, data = found
         self._blocks.move_to_end(start)
         offset = self._pos - start
         chunk = data[offset:] if size < 0 else data[offset:offset + size]
@@ -173,8 +136,6 @@ class RangeFile(io.RawIOBase):
             length = min(length, self.source.size - start)
         got = self.remote.read_range(self.url, start, start + length, self.meter, self.deadline)
         self.requests += 1
-        if got.total is None:
-            raise Refused(f"{self.url}: the server does not say the file's size")
         source = Source(self.url, got.total, got.etag)
         if self.source is None:
             self.deadline.expect(got.total)
@@ -200,9 +161,10 @@ def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str 
     both it and ``path``'s folder must exist (the cache creates and checks its folders, and
     lets one writer at a time work on a video). The file keeps the container kind of
     ``path``'s suffix (.mp4, .mkv, .webm). HTTP goes through ``remote`` (bytes counted in
-    ``meter``). Raises ValueError for no or negative seconds, NoRanges if the server ignores
-    Range, the other RemoteErrors of ``remote``, and WindowError if no window can be made of
-    this file; the window at ``path`` is then left as it was.
+    ``meter``). Raises CacheError if anything but a regular file stands where the window,
+    its sidecar or a temporary goes, ValueError for no or negative seconds, NoRanges if the
+    server ignores Range, the other RemoteErrors of ``remote``, and WindowError if no window
+    can be made of this file; the window at ``path`` is then left as it was.
     """
     path = Path(path)
     wanted = sorted({Fraction(s) for s in seconds})
@@ -211,6 +173,8 @@ def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str 
     muxer = _MUXERS.get(path.suffix.lower())
     if muxer is None:
         raise ValueError(f"{path}: unsupported container {path.suffix!r} for a window")
+    for place in (path, sidecar_path(path)):
+        check_regular(place)  # a folder, link or special file there: CacheError, one line
     existing = read_window(path)
     if existing is not None and existing.source.url == url and existing.covers(wanted):
         return existing
@@ -218,29 +182,20 @@ def fetch_window(url: str, seconds: Iterable[int | float | Fraction], path: str 
         try:
             window = _fetch_into(reader, wanted[0], wanted[-1], path, muxer, existing,
                                  Path(partial_dir))
-        except av.FFmpegError as error:
-            raise WindowError(f"{url}: no window can be cut from it ({error})") from None
+        except (av.FFmpegError, OSError) as error:
+            raise _failure(url, path, error) from None
     return replace(window, bytes_fetched=reader.bytes_fetched, requests=reader.requests)
 
 
-def read_window(path: str | os.PathLike) -> Window | None:
-    """The window at ``path`` as its sidecar describes it; None if either is missing or not a
-    regular file (a link is never followed), the sidecar is unreadable or it does not
-    describe this very file."""
-    path = Path(path)
-    try:
-        stat, side = os.lstat(path), os.lstat(sidecar_path(path))
-        if not (S_ISREG(stat.st_mode) and S_ISREG(side.st_mode)):
-            return None
-        meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-        if (meta["version"], meta["file_size"], meta["file_mtime_ns"]) != (
-                _SIDECAR_VERSION, stat.st_size, stat.st_mtime_ns):
-            return None
-        source = Source(meta["url"], meta["size"], meta["etag"])
-        end = None if meta["end"] is None else Fraction(meta["end"])
-        return Window(path, Fraction(meta["origin"]), Fraction(meta["start"]), end, source)
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
-        return None
+def _failure(url: str, path: Path, error: av.FFmpegError | OSError) -> Exception:
+    """What a failed cut means: a full disk is "no space left" (transient, and no reason
+    to download more), another write error a cache that cannot be used, an FFmpeg error
+    a file no window can be cut from (which a whole-file fetch may still serve)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return GaveUp(f"{path}: no space left on the device ({error.strerror})")
+    if not isinstance(error, av.FFmpegError):
+        return CacheError(f"{path}: cannot use the video cache ({error.strerror or error})")
+    return WindowError(f"{url}: no window can be cut from it ({error})")
 
 
 @dataclass(frozen=True)
@@ -256,7 +211,8 @@ class _Piece:
 def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path, muxer: str,
                 existing: Window | None, partial_dir: Path) -> Window:
     for stale in partial_dir.glob(f".{path.name}.*"):  # left by a fetch that was killed
-        stale.unlink()
+        if check_regular(stale):  # anything else there: CacheError, one line
+            stale.unlink()
     temps: list[Path] = []
 
     def temp() -> Path:
@@ -281,10 +237,12 @@ def _fetch_into(reader: RangeFile, lo: Fraction, hi: Fraction, path: Path, muxer
                       for a, b in _missing_spans(existing, lo, hi)]
         pieces = sorted(pieces + ([old] if old else []), key=lambda piece: piece.first)
         whole = pieces[0] if len(pieces) == 1 else _join(pieces, temp(), muxer)
+        if reader.failure is not None:  # never a window cut short by a failed read
+            raise reader.failure
         os.replace(whole.path, path)
         window = Window(path, origin, whole.first - origin,
                         None if whole.end is None else whole.end - origin, reader.source)
-        _write_sidecar(window, muxer, partial_dir)
+        write_sidecar(window, muxer, partial_dir)
         return window
     finally:
         for name in temps:
@@ -442,18 +400,3 @@ def _write(packets: Iterable[av.Packet], template: av.VideoStream, out: Path, mu
                 if p.size and p.pts is not None]
     if read != written:
         raise WindowError(f"{out}: the {muxer} muxer did not keep the packets' timestamps")
-
-
-def _write_sidecar(window: Window, muxer: str, partial_dir: Path) -> None:
-    stat = window.path.stat()
-    meta = {"version": _SIDECAR_VERSION, "url": window.source.url, "size": window.source.size,
-            "etag": window.source.etag,
-            "format": muxer, "origin": str(window.origin), "start": str(window.start),
-            "end": None if window.end is None else str(window.end),
-            "covers_seconds": [float(window.start),
-                               None if window.end is None else float(window.end)],
-            "file_size": stat.st_size, "file_mtime_ns": stat.st_mtime_ns}
-    fd, name = tempfile.mkstemp(dir=partial_dir, prefix=f".{window.path.name}.", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=1)
-    os.replace(name, sidecar_path(window.path))

@@ -2,8 +2,8 @@
 
 A generated movie (60 minutes by default, 160x90 H.264 at 29.97 fps with B-frames, key frame
 every 2 s; written once with the bundled ffmpeg and cached) is served on loopback by a
-Range-capable HTTP server, as mp4 (index at the end, ffmpeg's default) and as mkv (the same
-packets). For each, one run fetches
+Range-capable HTTP server, as mp4 (index at the end, ffmpeg's default), as mkv (the same
+packets) and as an mkv without an index (no Cues). For each, one run fetches
 
   window   ``ava_keyframes.window.fetch_window``: only the bytes of seconds 902..1798,
            stream-copied into a window file;
@@ -41,7 +41,8 @@ _CHUNK = 64 * 1024
 
 
 def movie(folder: Path, minutes: int) -> dict[str, Path]:
-    """The movie as mp4 and mkv (cached in ``folder``)."""
+    """The movie as mp4, mkv, and mkv without an index (no Cues: written to a pipe, as a
+    live recording is), cached in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     mp4, mkv = folder / f"movie-{minutes}min.mp4", folder / f"movie-{minutes}min.mkv"
     if not mp4.exists():
@@ -58,7 +59,14 @@ def movie(folder: Path, minutes: int) -> dict[str, Path]:
         subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-i", str(mp4),  # noqa: S603
                         "-c", "copy", str(temp)], check=True)
         temp.rename(mkv)
-    return {"mp4": mp4, "mkv": mkv}
+    unindexed = folder / f"movie-{minutes}min-unindexed.mkv"
+    if not unindexed.exists():
+        temp = unindexed.with_suffix(".part.mkv")
+        with open(temp, "wb") as out:
+            subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(mp4),  # noqa: S603
+                            "-c", "copy", "-f", "matroska", "pipe:1"], stdout=out, check=True)
+        temp.rename(unindexed)
+    return {"mp4": mp4, "mkv": mkv, "mkv (no Cues)": unindexed}
 
 
 class Server:
@@ -139,11 +147,12 @@ def compare(server: Server, video: Path, work: Path) -> dict[str, tuple]:
     return results
 
 
-def report(kind: str, video: Path, results: dict[str, tuple], rate: float) -> None:
+def report(kind: str, video: Path, results: dict[str, tuple], rate: float, duration: float
+           ) -> None:
     size = video.stat().st_size
     (_, w_bytes, w_requests, w_time), (_, f_bytes, f_requests, f_time) = (
         results["window"], results["whole"])
-    share = size * len(AVA_SECONDS) / _duration(video)
+    share = size * len(AVA_SECONDS) / duration
     link = f"{rate:g} MB/s" if rate else "loopback"
     print(f"| {kind} | {link} | {w_bytes / 1e6:.1f} MB ({w_bytes / share:.2f}x the window's "
           f"share), {w_requests} requests, {w_time:.2f} s | {f_bytes / 1e6:.1f} MB, "
@@ -172,6 +181,7 @@ def main() -> None:
         parser.error("--minutes must be at least 31 (the AVA schedule ends at 1798 s)")
     videos = movie(args.cache, args.minutes)
     server = Server(args.cache)
+    duration = _duration(videos["mp4"])  # the same packets in each (an unindexed mkv has none)
     print(f"{args.minutes}-minute movie: mp4 {videos['mp4'].stat().st_size / 1e6:.1f} MB, "
           f"mkv {videos['mkv'].stat().st_size / 1e6:.1f} MB; seconds {AVA_SECONDS.start}.."
           f"{AVA_SECONDS.stop - 1}; keyframes {CHECKED} of the window equal the whole file's")
@@ -181,7 +191,7 @@ def main() -> None:
         server.rate = rate * 1e6
         for kind, video in videos.items():
             with tempfile.TemporaryDirectory() as work:
-                report(kind, video, compare(server, video, Path(work)), rate)
+                report(kind, video, compare(server, video, Path(work)), rate, duration)
 
 
 if __name__ == "__main__":

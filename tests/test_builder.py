@@ -436,13 +436,13 @@ def test_build_report_counts_unavailable_and_undecodable_videos(e2e, loaded, bui
     info, missing, broken = e2e["info"], e2e["missing"], e2e["broken"]
     report = loaded["content"][str(builds["plain"])]["report"]
     train = report["splits"]["train"]
-    assert train["videos_unavailable"] == [missing]
+    # the undecodable local file is passed over for the mirror (issue 23), which lacks it too
+    assert sorted(train["videos_unavailable"]) == sorted([missing, broken])
     expected = _expected_keyframes(info, "train")
     unavailable = sum(1 for video_id, _ in expected if video_id == missing)
     undecodable = sum(1 for video_id, _ in expected if video_id == broken)
-    assert train["keyframes_skipped"] == {plan.VIDEO_UNAVAILABLE: unavailable,
-                                          plan.FRAME_MISSING: undecodable}
-    assert list(train["video_errors"]) == [broken]
+    assert train["keyframes_skipped"] == {plan.VIDEO_UNAVAILABLE: unavailable + undecodable}
+    assert not train["video_errors"]
     assert train["keyframes_annotated"] == len(expected)
     assert train["keyframes_written"] == len(expected) - unavailable - undecodable == sum(
         ex["split"] == "train" for ex in loaded["examples"].values())
@@ -620,24 +620,20 @@ def test_every_clip_frame_is_the_frame_the_rule_names(e2e, clip_build):
 
 
 @pytest.mark.slow
-def test_clips_past_the_end_fetch_the_video_whole_and_say_so(e2e, clip_build):
+def test_clips_past_the_end_come_from_a_window_that_reaches_the_video_s_end(e2e, clip_build):
+    """Issue 23: a window reaching the video's end holds it to its last frame, so clips past
+    the end are served (and padded, see above) from the window, not refused or dropped."""
     report, info = clip_build["report"], e2e["info"]
     assert report["options"]["clip_length"] == 32 and report["options"]["clip_stride"] == 2
-    modes = set()
     for split, csv_split in (("train", "train"), ("validation", "val")):
         fetched_videos = report["splits"][split]["videos_fetched"]
         for video_id in info.ids[csv_split]:
             if video_id in (e2e["missing"], e2e["broken"]):
                 continue
             fetched = fetched_videos[video_id]
-            modes.add(fetched["fetch_mode"])
+            assert fetched["fetch_mode"] == "window" and "note" not in fetched
             assert fetched["bytes_fetched"] > 0
-            if (video_id, 904) in info.excluded[csv_split]:  # its clips end by 904.0 s
-                assert fetched["fetch_mode"] == "window" and "note" not in fetched
-            else:  # the window up to 905.0 s is refused (the video ends at 904.9 s): whole
-                assert fetched["fetch_mode"] == "whole"
-                assert fetched["note"].startswith("fetched whole for its keyframes: its clips'")
-    assert "whole" in modes
+        assert report["splits"][split]["keyframes_skipped"].get("frame not extracted", 0) == 0
 
 
 @pytest.mark.slow

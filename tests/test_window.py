@@ -17,12 +17,14 @@ import pytest
 from loopback import LoopbackServer
 
 from ava_keyframes import cli
+from ava_keyframes.cache import CacheError
 from ava_keyframes.frames import MissingKeyframes, extract_keyframes
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Limits, NoRanges, Remote, RemoteError
+from ava_keyframes.sidecar import read_window, sidecar_path
 from ava_keyframes.sources import VideoCache
 from ava_keyframes.stamp import read_frame_stamp, read_frame_times, write_stamped_video
-from ava_keyframes.window import WindowError, fetch_window, read_window, sidecar_path
+from ava_keyframes.window import WindowError, fetch_window
 
 DURATION = 120  # seconds: long enough that a 30 s window is a clear fraction
 SECONDS = list(range(40, 71))
@@ -269,8 +271,8 @@ def test_a_link_planted_in_the_cache_is_never_followed(tmp_path, server, videos)
     sidecar_path(tmp_path / "windows" / video.name).symlink_to(outside)
     (tmp_path / "windows" / video.name).symlink_to(video)
     assert read_window(tmp_path / "windows" / video.name) is None
-    window = fetch(server, video, SECONDS, tmp_path)
-    assert not window.path.is_symlink() and not sidecar_path(window.path).is_symlink()
+    with pytest.raises(CacheError, match="a symbolic link in the video cache, refused"):
+        fetch(server, video, SECONDS, tmp_path)  # refused in one line (issue 23), not replaced
     assert outside.read_text() == "{}" and video.stat().st_size == layout(video)[0]
 
 
