@@ -34,7 +34,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ava_keyframes.annotations import check_video_id
@@ -367,7 +367,7 @@ class Unavailable:
             else:
                 entries[(video_id, source)] = {
                     "id": video_id, "source": source, "reason": reason,
-                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    "time": datetime.now(UTC).isoformat(timespec="seconds")}
             write_json_atomically(self.path, [entries[key] for key in sorted(entries)])
             self.entries = entries
 

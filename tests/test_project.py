@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-import tomllib
 
 import ava_keyframes
 from ava_keyframes.cli import main as keyframes_main
