@@ -257,6 +257,59 @@ def picture_name(keyframe: Keyframe) -> str:
         return f"{keyframe.video_id}_{keyframe.second:04d}.png"
 
 
+@dataclass
+class Predictions:
+    """What `predict_images` and `predict_video` found: a `Keyframe` per image, their AVA
+    detection rows (`detections_table`), and `missing`: why keyframes asked for are absent
+    (seconds past the video's end), or None."""
+
+    keyframes: list[Keyframe]
+    table: pd.DataFrame
+    missing: str | None = None
+
+
+def predict_images(
+    model: MultiLabelRetinaNet, paths: Iterable[str | Path], *,
+    pictures: str | Path | None = None, min_score: float = 0.3,
+) -> Predictions:
+    """Detections on image files of any size (ids from their names, `image_keyframe`); with
+    `pictures`, a picture per image in that folder (`picture_name`) showing detections from
+    `min_score`. Raises `InputError` naming a file that cannot be read."""
+    return _predict(model, read_images(paths), pictures, min_score)
+
+
+def predict_video(
+    model: MultiLabelRetinaNet, path: str | Path, seconds: Iterable[int],
+    video_id: str | None = None, *, pictures: str | Path | None = None,
+    min_score: float = 0.3,
+) -> Predictions:
+    """Detections on the keyframes at `seconds` of a video file of any name, written under
+    `video_id_of(path, video_id)`; `pictures` as in `predict_images`. Seconds past the end
+    are reported in `Predictions.missing`; an undecodable video raises `KeyframeError`."""
+    return _predict(model, video_keyframes(path, seconds, video_id=video_id), pictures,
+                    min_score)
+
+
+def _predict(model: MultiLabelRetinaNet, items: Iterator[tuple[str, int, np.ndarray]],
+             pictures: str | Path | None, min_score: float) -> Predictions:
+    from PIL import Image
+
+    from ava_keyframes.frames import MissingKeyframes
+    from detector.plots import draw_keyframe
+
+    keyframes: list[Keyframe] = []
+    missing = None
+    try:
+        for image, keyframe in detect_images(model, items):
+            keyframes.append(keyframe)
+            if pictures is not None:
+                picture = draw_keyframe(image, keyframe, model.class_names, min_score=min_score)
+                Image.fromarray(picture).save(Path(pictures) / picture_name(keyframe))
+    except MissingKeyframes as error:
+        missing = str(error)
+    return Predictions(keyframes, detections_table(keyframes, model.class_ids), missing)
+
+
 def export(model: MultiLabelRetinaNet, out: str | Path) -> tuple[Path, Path]:
     """Write `out/model.keras` and a SavedModel `out/saved_model` whose `serve` (and
     `serving_default`) signature maps a uint8 image batch to detections, and whose
