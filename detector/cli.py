@@ -136,7 +136,7 @@ def _evaluate_model(args: argparse.Namespace):
         evaluation = evaluate_split(
             model, args.dataset, args.split, data_dir=args.data_dir, labelmap=args.labelmap,
             metric=args.metric, batch_size=args.batch_size, limit=args.limit,
-            detections_csv=detections_csv, exclusions=args.exclusions)
+            detections_csv=detections_csv, exclusions=args.exclusions, progress=True)
     print(f"detections: {detections_csv}", file=sys.stderr)
     return evaluation
 
@@ -184,10 +184,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     with user_errors(InputError, KeyframeError):
         if args.video:
             found = predict_video(model, args.video, seconds, video_id, pictures=pictures,
-                                  min_score=args.min_score)
+                                  min_score=args.min_score, progress=True)
         else:
             found = predict_images(model, args.images, pictures=pictures,
-                                   min_score=args.min_score)
+                                   min_score=args.min_score, progress=True)
     if found.missing:
         print(f"ava-detector: warning: {found.missing}", file=sys.stderr)
     write_detections_csv(found.table, out / "detections.csv")

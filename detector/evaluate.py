@@ -102,9 +102,11 @@ def evaluate_split(
     limit: int | None = None,
     detections_csv: str | Path | None = None,
     exclusions: str | Path | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Run `model` on a split of the TFDS `dataset` (e.g. ``ava_keyframes/v2.2``), write its
-    detections CSV if asked, and score them against the split's own ground truth."""
+    detections CSV if asked, and score them against the split's own ground truth; with
+    `progress`, images done on stderr (a bar on a terminal, plain lines otherwise)."""
     from detector.data import dataset_info
     from detector.predict import evaluate_model
 
@@ -114,7 +116,7 @@ def evaluate_split(
     result = evaluate_model(
         model, info, split, data_dir=data_dir, labelmap=scored_labelmap(labelmap, info),
         metric=metric, batch_size=batch_size, limit=limit, detections_csv=detections_csv,
-        exclusions=excluded,
+        exclusions=excluded, progress=progress,
     )
     return Evaluation(result, excluded_path, note,
                       detections_csv=None if detections_csv is None else Path(detections_csv))

@@ -82,8 +82,8 @@ def test_evaluate_model_writes_detections_and_scores_them(model_path, data_dir, 
     assert main(["evaluate", "--model", model_path, "--dataset", "detector_toy_ava",
                  "--data-dir", data_dir, "--split", "validation",
                  "--detections-out", str(detections), "--json", str(report)]) == 0
-    table = capsys.readouterr().out
-    assert "**mAP**" in table
+    table, err = capsys.readouterr()
+    assert "**mAP**" in table and "detector_toy_ava:validation: 4/4 images" in err
     result = json.loads(report.read_text())
     truth = result["num_groundtruth"]
     assert truth["carry/hold (an object)"] > 0 and sum(truth.values()) > 4
@@ -140,7 +140,8 @@ def test_predict_images_and_video(model_path, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", "--model", model_path, "--video", str(movie), "--seconds", "1",
                  "--out", str(out), "--no-pictures"]) == 0
-    assert "detections written as unnamed_vid" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "detections written as unnamed_vid" in err and f"predict {movie}: 1/1 images" in err
     rows = read_annotations(out / "detections.csv", kind="detections")
     assert set(rows.table["video_id"]) == {"unnamed_vid"} and not rows.report
 
@@ -219,7 +220,9 @@ def test_verbs_that_run_tensorflow_are_quiet_unless_verbose(model_path, tmp_path
             "--out", str(tmp_path / "out")]
     quiet = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
     assert quiet.returncode == 0, quiet.stderr
-    assert quiet.stderr == "" and quiet.stdout.startswith("1 keyframes, "), quiet
+    # stderr holds predict's own progress (plain lines: not a terminal) and nothing else
+    assert quiet.stderr == "predict: 1/1 images\n" and quiet.stdout.startswith("1 keyframes, "), \
+        quiet
     verbose = subprocess.run([*argv, "-v"],  # noqa: S603
                              capture_output=True, text=True, env=env, check=False)
     assert verbose.returncode == 0 and "] " in verbose.stderr  # TF's native log lines
