@@ -237,11 +237,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone-width", type=positive_number, default=1.0,
                    help="channel multiplier of the backbone (e.g. 0.5 on CPU)")
     p.add_argument("--weights", metavar="FILE", help="start from a whole model: a .keras or "
-                   ".weights.h5 from train (for other classes the classification head starts "
-                   "afresh) or a keras-retinanet .h5 snapshot")
+                   ".weights.h5 from train (its architecture from a sibling .keras or "
+                   "config.json, else these flags; for other classes the classification head "
+                   "starts afresh) or a keras-retinanet .h5 snapshot")
     p.add_argument("--backbone-weights", metavar="FILE", help="Keras Applications ImageNet "
-                   "weights (.h5, as in ~/.keras/models/) for --backbone resnet50, resnet101, "
-                   "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
+                   "weights (legacy .h5 as in ~/.keras/models/, or a Keras 3 .weights.h5) for "
+                   "--backbone resnet50, resnet101, mobilenet_v3_small, mobilenet_v3_large or "
+                   "efficientnetv2_b0")
     p.add_argument("--preset", help="KerasCV preset folder on disk (config.json, "
                    "model.weights.h5...), or a preset name (downloads: needs network access)")
     p.add_argument("--snapshot", help="resume training from this .keras snapshot")

@@ -194,7 +194,8 @@ def _new_model(options: TrainOptions, info: DatasetInfo) -> MultiLabelRetinaNet:
         architecture["backbone"] = preset_backbone(options.preset)
     elif options.backbone_weights:
         architecture["backbone"] = imagenet_backbone(
-            options.backbone, options.backbone_weights, width=options.backbone_width)
+            options.backbone, options.backbone_weights, width=options.backbone_width,
+            report=print)
     source = None
     if whole:
         source = saved_model(options.weights, lambda num_classes: build_model(
