@@ -8,11 +8,10 @@ already imported, else right after it is.
 """
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from ava_keyframes.import_hooks import import_after
 
 try:
     __version__ = version("ava-keyframes")  # pyproject.toml's, the one source of truth
@@ -55,26 +54,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-class _RegisterAfterTfds(importlib.abc.MetaPathFinder):
-    """Imports the builder module (which registers the dataset) once TFDS has loaded."""
-
-    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201 (importlib's API)
-        if name != _TFDS:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            run_module = spec.loader.exec_module
-
-            def exec_module(module):  # noqa: ANN001, ANN202
-                run_module(module)
-                importlib.import_module(_BUILDER_MODULE)
-
-            spec.loader.exec_module = exec_module
-        return spec
-
-
-if _TFDS in sys.modules:
-    importlib.import_module(_BUILDER_MODULE)
-elif not any(isinstance(finder, _RegisterAfterTfds) for finder in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterTfds())
+import_after(_TFDS, _BUILDER_MODULE)

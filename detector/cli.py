@@ -81,101 +81,64 @@ def _load_model(path: str):
 # --- evaluate ---
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """CSV mode (--groundtruth, --detections) or model mode (--model, --dataset)."""
+    from ava_keyframes.annotations import MAX_CSV_BYTES, AnnotationError
+    from ava_keyframes.labelmap import LabelMapError
     from detector.ap_inputs import EvaluationError
+    from detector.evaluate import (
+        DEFAULT_EXCLUSIONS,
+        evaluate_files,
+        not_scored_lines,
+        write_outputs,
+    )
 
     outputs = _evaluation_outputs(args)
-    with user_errors(EvaluationError):
-        if args.model is None:
-            if args.dataset is not None:
-                raise CliError("--dataset needs --model")
-            result = _evaluate_csvs(args)
-        else:
-            if args.dataset is None or args.groundtruth or args.detections:
-                raise CliError("evaluate --model needs --dataset (and no --groundtruth/"
-                               "--detections)")
-            result = _evaluate_model(args)
-    _print_evaluation(result, outputs)
+    if args.model is None:
+        if args.dataset is not None:
+            raise CliError("--dataset needs --model")
+        if args.groundtruth is None or args.detections is None:
+            raise CliError("evaluate needs --groundtruth GT.csv and --detections DET.csv")
+        with user_errors(EvaluationError, AnnotationError, LabelMapError):
+            evaluation = evaluate_files(
+                args.groundtruth, args.detections, exclusions=args.exclusions or
+                DEFAULT_EXCLUSIONS, labelmap=args.labelmap, metric=args.metric,
+                max_bytes=args.max_csv_mb * 2**20 if args.max_csv_mb else MAX_CSV_BYTES)
+    else:
+        if args.dataset is None or args.groundtruth or args.detections:
+            raise CliError("evaluate --model needs --dataset (and no --groundtruth/"
+                           "--detections)")
+        evaluation = _evaluate_model(args)
+    _print_lines([evaluation.exclusions_note, *not_scored_lines(evaluation)])
+    print(evaluation.result.to_markdown(every_class=False))
+    try:
+        write_outputs(evaluation.result, json_path=outputs.get("json"),
+                      plot=outputs.get("plot"), pr_curves=outputs.get("pr_curves"))
+    except OSError as error:
+        raise CliError(f"cannot write {error.filename}: {error.strerror}") from None
     return 0
 
 
-def _exclusions(args: argparse.Namespace) -> set[tuple[str, int]] | None:
-    """--exclusions FILE, 'none', or by default the official split's file beside the ground
-    truth (CSV mode; a built split has left its excluded keyframes out already)."""
-    from ava_keyframes.annotations import AnnotationError, read_excluded
-    from detector.ap_inputs import default_exclusions
-
-    path = args.exclusions
-    if path is None and args.groundtruth:
-        path = default_exclusions(args.groundtruth)
-        if path is not None:
-            print(f"exclusions: {path} (the split's excluded timestamps; --exclusions none "
-                  "to score them)", file=sys.stderr)
-        else:
-            print(f"exclusions: none (no ava_<split>_excluded_timestamps_v<version>.csv beside "
-                  f"{args.groundtruth} named ava_<split>_v<version>.csv; --exclusions CSV to "
-                  "give one)", file=sys.stderr)
-    if path is None or str(path).lower() == "none":
-        return None
-    with user_errors(AnnotationError):
-        return read_excluded(path)
+def _print_lines(lines: Sequence[str | None]) -> None:
+    for line in lines:
+        if line:
+            print(line, file=sys.stderr)
 
 
 def _evaluate_model(args: argparse.Namespace):
+    from ava_keyframes.annotations import AnnotationError
     from ava_keyframes.labelmap import LabelMapError
-    from detector.ap_inputs import scored_labelmap
-    from detector.data import DataError, dataset_info
+    from detector.data import DataError
+    from detector.evaluate import evaluate_split
     from detector.model import ModelError
-    from detector.predict import evaluate_model
 
-    exclusions = _exclusions(args)
     detections_csv = output_path(args.detections_out)
     model = _load_model(args.model)
-    with user_errors(DataError, ModelError, LabelMapError):
-        info = dataset_info(args.dataset, args.data_dir)
-        result = evaluate_model(
-            model, info, args.split, data_dir=args.data_dir,
-            labelmap=scored_labelmap(args.labelmap, info), metric=args.metric,
-            batch_size=args.batch_size, limit=args.limit, detections_csv=detections_csv,
-            exclusions=exclusions,
-        )
+    with user_errors(DataError, ModelError, LabelMapError, AnnotationError):
+        evaluation = evaluate_split(
+            model, args.dataset, args.split, data_dir=args.data_dir, labelmap=args.labelmap,
+            metric=args.metric, batch_size=args.batch_size, limit=args.limit,
+            detections_csv=detections_csv, exclusions=args.exclusions, progress=True)
     print(f"detections: {detections_csv}", file=sys.stderr)
-    return result
-
-
-def _evaluate_csvs(args: argparse.Namespace):
-    from ava_keyframes.annotations import MAX_CSV_BYTES, AnnotationError, read_annotations
-    from ava_keyframes.labelmap import LabelMapError
-    from detector.ap import evaluate
-    from detector.ap_inputs import check_pair, scored_labelmap
-
-    if args.groundtruth is None or args.detections is None:
-        raise CliError("evaluate needs --groundtruth GT.csv and --detections DET.csv")
-    exclusions = _exclusions(args)
-    with user_errors(AnnotationError, LabelMapError):
-        labelmap = scored_labelmap(args.labelmap)
-        # No label map here: rows of other classes are skipped by `evaluate`, as upstream does,
-        # and a ground-truth keyframe holding only such rows still counts as annotated.
-        limit = args.max_csv_mb * 2**20 if args.max_csv_mb else MAX_CSV_BYTES
-        groundtruth = read_annotations(args.groundtruth, kind="groundtruth", max_bytes=limit)
-        detections = read_annotations(args.detections, kind="detections", max_bytes=limit)
-    for table in (groundtruth, detections):
-        _print_rejections(table.report)
-    if detections.empty_keyframes:
-        shown = ", ".join(f"{v},{s}" for v, s in sorted(detections.empty_keyframes)[:5])
-        print(f"{detections.path}: {len(detections.empty_keyframes)} rows of 2 columns (no box, "
-              f"no score) not scored: {shown}", file=sys.stderr)
-    check_pair(groundtruth, detections)
-    return evaluate(groundtruth, detections, labelmap, args.metric, exclusions)
-
-
-def _print_rejections(report: list, shown: int = 5) -> None:
-    """Rejected rows on stderr: how many, then the first few as file:line: field: reason."""
-    if report:
-        print(f"{report[0].file}: {len(report)} rows rejected", file=sys.stderr)
-        for rejection in report[:shown]:
-            print(f"  {rejection}", file=sys.stderr)
-        if len(report) > shown:
-            print(f"  ... and {len(report) - shown} more", file=sys.stderr)
+    return evaluation
 
 
 def _evaluation_outputs(args: argparse.Namespace) -> dict[str, Path]:
@@ -192,49 +155,15 @@ def _evaluation_outputs(args: argparse.Namespace) -> dict[str, Path]:
     return outputs
 
 
-def _print_evaluation(result, outputs: dict[str, Path]) -> None:
-    """The AP table on stdout, what the protocol left out on stderr, then the requested
-    --json, --plot and --pr-curves outputs."""
-    import json
-
-    from detector.plots import plot_ap, plot_pr_curves
-
-    dropped = result.dropped
-    if dropped["excluded_keyframes"] or result.excluded_groundtruth:
-        print(f"excluded keyframes: {result.excluded_groundtruth} ground-truth rows and "
-              f"{dropped['excluded_keyframes']} detections left out", file=sys.stderr)
-    print(f"detections not scored (official protocol): {dropped['other_classes']} of classes "
-          f"outside the label map, {dropped['beyond_50_per_keyframe']} beyond the 50 best per "
-          f"keyframe, {dropped['absent_keyframes']} on keyframes absent from the ground truth, "
-          f"{dropped['invalid_boxes']} with x2 <= x1 or y2 <= y1", file=sys.stderr)
-    print(result.to_markdown(every_class=False))
-    try:
-        if "json" in outputs:
-            with open(outputs["json"], "w", encoding="utf-8") as handle:
-                json.dump(result.to_json(), handle, indent=2, ensure_ascii=False)
-        if "plot" in outputs:
-            plot_ap(result, outputs["plot"])
-        if "pr_curves" in outputs:
-            plot_pr_curves(result, outputs["pr_curves"])
-    except OSError as error:
-        raise CliError(f"cannot write {error.filename}: {error.strerror}") from None
-
-
 # --- predict ---
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from ava_keyframes.frames import KeyframeError, MissingKeyframes
-    from detector.plots import draw_keyframe
+    from ava_keyframes.frames import KeyframeError
     from detector.predict import (
         UNNAMED_VIDEO,
         InputError,
-        detect_images,
-        detections_table,
-        picture_name,
-        read_images,
+        predict_images,
+        predict_video,
         video_id_of,
-        video_keyframes,
         write_detections_csv,
     )
 
@@ -248,25 +177,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if video_id == UNNAMED_VIDEO:
             print(f"{args.video}: its name is no AVA video id; detections written as "
                   f"{UNNAMED_VIDEO} (--video-id ID to choose)", file=sys.stderr)
-        items = video_keyframes(args.video, parse_seconds(args.seconds), video_id=video_id)
-    else:
-        items = read_images(args.images)
+        seconds = parse_seconds(args.seconds)
     model = _load_model(args.model)
     out = output_path(args.out, folder=True)
-    keyframes = []
+    pictures = None if args.no_pictures else out
     with user_errors(InputError, KeyframeError):
-        try:
-            for image, keyframe in detect_images(model, items):
-                keyframes.append(keyframe)
-                if not args.no_pictures:
-                    picture = draw_keyframe(image, keyframe, model.class_names,
-                                            min_score=args.min_score)
-                    Image.fromarray(picture).save(out / picture_name(keyframe))
-        except MissingKeyframes as error:
-            print(f"ava-detector: warning: {error}", file=sys.stderr)
-    table = detections_table(keyframes, model.class_ids)
-    write_detections_csv(table, out / "detections.csv")
-    print(f"{len(keyframes)} keyframes, {len(table)} detections -> {out / 'detections.csv'}")
+        if args.video:
+            found = predict_video(model, args.video, seconds, video_id, pictures=pictures,
+                                  min_score=args.min_score, progress=True)
+        else:
+            found = predict_images(model, args.images, pictures=pictures,
+                                   min_score=args.min_score, progress=True)
+    if found.missing:
+        print(f"ava-detector: warning: {found.missing}", file=sys.stderr)
+    write_detections_csv(found.table, out / "detections.csv")
+    print(f"{len(found.keyframes)} keyframes, {len(found.table)} detections -> "
+          f"{out / 'detections.csv'}")
     return 0
 
 
@@ -311,11 +237,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone-width", type=positive_number, default=1.0,
                    help="channel multiplier of the backbone (e.g. 0.5 on CPU)")
     p.add_argument("--weights", metavar="FILE", help="start from a whole model: a .keras or "
-                   ".weights.h5 from train (for other classes the classification head starts "
-                   "afresh) or a keras-retinanet .h5 snapshot")
+                   ".weights.h5 from train (its architecture from a sibling .keras or "
+                   "config.json, else these flags; for other classes the classification head "
+                   "starts afresh) or a keras-retinanet .h5 snapshot")
     p.add_argument("--backbone-weights", metavar="FILE", help="Keras Applications ImageNet "
-                   "weights (.h5, as in ~/.keras/models/) for --backbone resnet50, resnet101, "
-                   "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
+                   "weights (legacy .h5 as in ~/.keras/models/, or a Keras 3 .weights.h5) for "
+                   "--backbone resnet50, resnet101, mobilenet_v3_small, mobilenet_v3_large or "
+                   "efficientnetv2_b0")
     p.add_argument("--preset", help="KerasCV preset folder on disk (config.json, "
                    "model.weights.h5...), or a preset name (downloads: needs network access)")
     p.add_argument("--snapshot", help="resume training from this .keras snapshot")

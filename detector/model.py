@@ -290,6 +290,16 @@ class MultiLabelRetinaNet(keras_cv.models.RetinaNet):
             )
         return super().predict(x, *args, **kwargs)
 
+    def export(self, filepath, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        """Refused: Keras's `Model.export` would save the raw head outputs (one row per
+        anchor, no NMS, a fixed input size). The serving SavedModel (letterboxing, NMS, images
+        of any size, class names) is `detector.predict.export` / `ava-detector export`."""
+        raise ModelError(
+            f"{filepath}: not exported: Model.export() would save raw anchor outputs (no NMS, "
+            f"fixed {self.image_size}x{self.image_size} input); use "
+            "detector.predict.export(model, folder) or `ava-detector export` for the serving "
+            "SavedModel.")
+
     def decode_predictions(self, predictions, images):
         return super().decode_predictions(_float32(predictions), images)
 

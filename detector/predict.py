@@ -31,6 +31,7 @@ from detector import ap
 from detector.ap_inputs import ava_table, scored_labelmap
 from detector.data import DatasetInfo, eval_batches, letterbox
 from detector.model import ModelError, MultiLabelRetinaNet
+from detector.progress import Progress
 
 CSV_COLUMNS = ["video_id", "second", "x1", "y1", "x2", "y2", "action_id", "score"]
 
@@ -108,9 +109,10 @@ def detect_dataset(
     data_dir: str | None = None,
     batch_size: int = 8,
     limit: int | None = None,
+    progress: bool = False,
 ) -> tuple[Annotations, list[Keyframe]]:
     """The ground truth of a TFDS split (one row per person and class, as in AVA's CSVs)
-    and the model's detections on it."""
+    and the model's detections on it; with `progress`, images done on stderr (`Progress`)."""
     if model.class_names != info.class_names:
         raise ModelError(f"the model's classes are not those of {info.name} "
                          f"({model.num_classes} vs {info.num_classes} classes)")
@@ -118,9 +120,14 @@ def detect_dataset(
     truth: list[pd.DataFrame] = []
     empty: set[tuple[str, int]] = set()
     keyframes: list[Keyframe] = []
+    total = info.splits.get(split)
+    if limit is not None:
+        total = min(limit, total) if total else limit
+    bar = Progress(f"{info.name}:{split}", total, enabled=progress)
     for batch in eval_batches(info, split, image_size=model.image_size, batch_size=batch_size,
                               data_dir=data_dir, limit=limit):
         out = {k: v.numpy() for k, v in detect(batch["images"], batch["content"]).items()}
+        bar.update(len(batch["second"]))
         for i, (raw_id, second) in enumerate(zip(batch["video_id"].numpy(),
                                                   batch["second"].numpy(), strict=True)):
             video_id = raw_id.decode()
@@ -133,6 +140,7 @@ def detect_dataset(
                 [video_id] * box.size, [int(second)] * box.size,
                 np.stack([xmin, ymin, xmax, ymax], axis=-1), np.asarray(info.class_ids)[index],
                 person_id=batch["person_id"][i].numpy()[box]))
+    bar.close()
     table = pd.concat(truth, ignore_index=True) if truth else ava_table([], [], [], [])
     table["line"] = np.arange(1, len(table) + 1)
     groundtruth = Annotations(f"{info.name}:{split}", "groundtruth", table, empty,
@@ -173,12 +181,14 @@ def evaluate_model(
     limit: int | None = None,
     detections_csv: str | Path | None = None,
     exclusions: set[tuple[str, int]] | None = None,
+    progress: bool = False,
 ) -> ap.APResult:
     """Run `model` on a TFDS split and score it with `detector.ap` against the split's own
     ground truth (a built AVA split has left out its excluded keyframes already; `exclusions`
     leaves out more); optionally write the detections as an AVA CSV."""
     groundtruth, keyframes = detect_dataset(
-        model, info, split, data_dir=data_dir, batch_size=batch_size, limit=limit
+        model, info, split, data_dir=data_dir, batch_size=batch_size, limit=limit,
+        progress=progress,
     )
     detections = detections_table(keyframes, model.class_ids)
     if detections_csv is not None:
@@ -255,6 +265,67 @@ def picture_name(keyframe: Keyframe) -> str:
         return f"{keyframe_key(keyframe.video_id, keyframe.second)}.png"
     except ValueError:
         return f"{keyframe.video_id}_{keyframe.second:04d}.png"
+
+
+@dataclass
+class Predictions:
+    """What `predict_images` and `predict_video` found: a `Keyframe` per image, their AVA
+    detection rows (`detections_table`), and `missing`: why keyframes asked for are absent
+    (seconds past the video's end), or None."""
+
+    keyframes: list[Keyframe]
+    table: pd.DataFrame
+    missing: str | None = None
+
+
+def predict_images(
+    model: MultiLabelRetinaNet, paths: Iterable[str | Path], *,
+    pictures: str | Path | None = None, min_score: float = 0.3, progress: bool = False,
+) -> Predictions:
+    """Detections on image files of any size (ids from their names, `image_keyframe`); with
+    `pictures`, a picture per image in that folder (`picture_name`) showing detections from
+    `min_score`; with `progress`, images done on stderr. Raises `InputError` naming a file
+    that cannot be read."""
+    paths = list(paths)
+    return _predict(model, read_images(paths), pictures, min_score,
+                    Progress("predict", len(paths), enabled=progress))
+
+
+def predict_video(
+    model: MultiLabelRetinaNet, path: str | Path, seconds: Iterable[int],
+    video_id: str | None = None, *, pictures: str | Path | None = None,
+    min_score: float = 0.3, progress: bool = False,
+) -> Predictions:
+    """Detections on the keyframes at `seconds` of a video file of any name, written under
+    `video_id_of(path, video_id)`; `pictures` as in `predict_images`. Seconds past the end
+    are reported in `Predictions.missing`; an undecodable video raises `KeyframeError`."""
+    seconds = list(seconds)
+    return _predict(model, video_keyframes(path, seconds, video_id=video_id), pictures,
+                    min_score, Progress(f"predict {path}", len(seconds), enabled=progress))
+
+
+def _predict(model: MultiLabelRetinaNet, items: Iterator[tuple[str, int, np.ndarray]],
+             pictures: str | Path | None, min_score: float, progress: Progress
+             ) -> Predictions:
+    from PIL import Image
+
+    from ava_keyframes.frames import MissingKeyframes
+    from detector.plots import draw_keyframe
+
+    keyframes: list[Keyframe] = []
+    missing = None
+    try:
+        for image, keyframe in detect_images(model, items):
+            progress.update()
+            keyframes.append(keyframe)
+            if pictures is not None:
+                picture = draw_keyframe(image, keyframe, model.class_names, min_score=min_score)
+                Image.fromarray(picture).save(Path(pictures) / picture_name(keyframe))
+    except MissingKeyframes as error:
+        missing = str(error)
+    finally:
+        progress.close()
+    return Predictions(keyframes, detections_table(keyframes, model.class_ids), missing)
 
 
 def export(model: MultiLabelRetinaNet, out: str | Path) -> tuple[Path, Path]:

@@ -106,8 +106,9 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     def __init__(self, info: DatasetInfo, split: str, *, data_dir: str | None, every: int,
                  epochs: int, limit: int | None = None, tensorboard_dir: str | None = None,
-                 batch_size: int = 8):
+                 batch_size: int = 8, progress: bool = False):
         super().__init__()
+        self.progress = progress  # images scored, on stderr (`detector.progress`)
         self.info, self.split, self.data_dir = info, split, data_dir
         self.every, self.epochs, self.limit, self.batch_size = every, epochs, limit, batch_size
         self.labelmap = scored_labelmap(info=info)
@@ -128,6 +129,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.result = evaluate_model(
             self.model, self.info, self.split, data_dir=self.data_dir,
             labelmap=self.labelmap, batch_size=self.batch_size, limit=self.limit,
+            progress=self.progress,
         )
         print(f"\nEpoch {epoch + 1}: {self.split} mAP@0.5 = {self.result.mAP:.4f}")
         print(self.result.to_markdown(every_class=False))
@@ -192,7 +194,8 @@ def _new_model(options: TrainOptions, info: DatasetInfo) -> MultiLabelRetinaNet:
         architecture["backbone"] = preset_backbone(options.preset)
     elif options.backbone_weights:
         architecture["backbone"] = imagenet_backbone(
-            options.backbone, options.backbone_weights, width=options.backbone_width)
+            options.backbone, options.backbone_weights, width=options.backbone_width,
+            report=print)
     source = None
     if whole:
         source = saved_model(options.weights, lambda num_classes: build_model(
@@ -294,6 +297,7 @@ def _callbacks(options: TrainOptions, info: DatasetInfo, evaluating: bool
             info, options.val_split, data_dir=options.data_dir, every=options.eval_every,
             epochs=options.epochs, limit=options.eval_limit,
             tensorboard_dir=options.tensorboard_dir, batch_size=options.batch_size,
+            progress=options.verbose != 0,
         )
         callbacks.append(evaluation)
     # keras-retinanet's snapshot names: <backbone>_<epoch>.keras; a resumed run keeps its name

@@ -82,8 +82,8 @@ def test_evaluate_model_writes_detections_and_scores_them(model_path, data_dir, 
     assert main(["evaluate", "--model", model_path, "--dataset", "detector_toy_ava",
                  "--data-dir", data_dir, "--split", "validation",
                  "--detections-out", str(detections), "--json", str(report)]) == 0
-    table = capsys.readouterr().out
-    assert "**mAP**" in table
+    table, err = capsys.readouterr()
+    assert "**mAP**" in table and "detector_toy_ava:validation: 4/4 images" in err
     result = json.loads(report.read_text())
     truth = result["num_groundtruth"]
     assert truth["carry/hold (an object)"] > 0 and sum(truth.values()) > 4
@@ -140,7 +140,8 @@ def test_predict_images_and_video(model_path, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", "--model", model_path, "--video", str(movie), "--seconds", "1",
                  "--out", str(out), "--no-pictures"]) == 0
-    assert "detections written as unnamed_vid" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "detections written as unnamed_vid" in err and f"predict {movie}: 1/1 images" in err
     rows = read_annotations(out / "detections.csv", kind="detections")
     assert set(rows.table["video_id"]) == {"unnamed_vid"} and not rows.report
 
@@ -219,7 +220,9 @@ def test_verbs_that_run_tensorflow_are_quiet_unless_verbose(model_path, tmp_path
             "--out", str(tmp_path / "out")]
     quiet = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
     assert quiet.returncode == 0, quiet.stderr
-    assert quiet.stderr == "" and quiet.stdout.startswith("1 keyframes, "), quiet
+    # stderr holds predict's own progress (plain lines: not a terminal) and nothing else
+    assert quiet.stderr == "predict: 1/1 images\n" and quiet.stdout.startswith("1 keyframes, "), \
+        quiet
     verbose = subprocess.run([*argv, "-v"],  # noqa: S603
                              capture_output=True, text=True, env=env, check=False)
     assert verbose.returncode == 0 and "] " in verbose.stderr  # TF's native log lines
@@ -329,3 +332,47 @@ def test_a_video_of_any_name_gets_an_id():
     assert video_id_of("/films/my, movie.mkv", "AbCdEfGhIjK") == "AbCdEfGhIjK"
     with pytest.raises(InputError, match="--video-id"):
         video_id_of("movie.mkv", "movie")
+
+
+@pytest.mark.slow
+def test_library_functions_behind_predict_and_evaluate(model_path, data_dir, tmp_path):
+    """The verbs are thin shells: the same work through `predict_images`, `predict_video`
+    and `evaluate_split` called directly."""
+    from detector.evaluate import evaluate_split
+    from detector.predict import predict_images, predict_video
+
+    model = M.load_model(model_path)
+    image = tmp_path / "AbCdEfGhIjK_0910.png"
+    Image.fromarray(next(examples(seed=5, count=1))[2]).save(image)
+    found = predict_images(model, [image], pictures=tmp_path, min_score=0)
+    assert [(k.video_id, k.second) for k in found.keyframes] == [("AbCdEfGhIjK", 910)]
+    assert len(found.table) == 20 and found.missing is None
+    assert (tmp_path / "AbCdEfGhIjK_0910.png").is_file()
+
+    video = tmp_path / "movie.mp4"
+    write_stamped_video(video, duration=2, fps=10, size=(96, 64))
+    found = predict_video(model, video, [1, 5], video_id="AbCdEfGhIjK")
+    assert [(k.video_id, k.second) for k in found.keyframes] == [("AbCdEfGhIjK", 1)]
+    assert "5" in found.missing and set(found.table["video_id"]) == {"AbCdEfGhIjK"}
+
+    evaluation = evaluate_split(model, "detector_toy_ava", "validation", data_dir=data_dir,
+                                detections_csv=tmp_path / "det.csv", limit=4)
+    assert 0 <= evaluation.result.mAP <= 1 and evaluation.exclusions is None
+    assert read_annotations(tmp_path / "det.csv", kind="detections").table.shape[0] > 0
+
+
+@pytest.mark.slow
+def test_stock_keras_loads_a_model_after_import_detector_and_export_points_to_ours(
+        model_path, tmp_path):
+    """A fresh interpreter: `import detector` loads no Keras, yet `keras.models.load_model`
+    then finds `MultiLabelRetinaNet`; Keras's own `export` is refused with a pointer."""
+    code = ("import sys, detector; assert 'keras' not in sys.modules, 'keras loaded'; "
+            "import keras; model = keras.models.load_model(sys.argv[1]); "
+            "print(type(model).__name__, len(model.class_names))")
+    done = subprocess.run([sys.executable, "-c", code, model_path],  # noqa: S603
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2] == "MultiLabelRetinaNet", done.stdout
+    with pytest.raises(M.ModelError, match=r"use detector.predict.export\(model, folder\)"):
+        M.load_model(model_path).export(str(tmp_path / "raw"))
+    assert not (tmp_path / "raw").exists()

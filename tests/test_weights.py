@@ -6,6 +6,7 @@ written in the legacy `.h5` layout of its download cache (`~/.keras/models/`).
 
 from __future__ import annotations
 
+import shutil
 from types import SimpleNamespace
 
 import h5py
@@ -180,9 +181,48 @@ def test_other_classes_keep_the_backbone_and_reinitialise_the_classification_hea
     assert "re-initialised the classification head" in capsys.readouterr().out
 
 
-def test_weights_h5_that_does_not_fit_the_flags_is_one_line(trained):
+def test_weights_h5_that_does_not_fit_the_flags_is_one_line_of_whole_sentences(
+        trained, tmp_path):
     _, folder = trained
-    with pytest.raises(M.ModelError, match="does not fit the model the flags describe") as error:
-        _new_model(options(weights=str(folder / "model.weights.h5"), backbone="resnet34"),
-                   info(["a", "b", "c"]))
-    assert "\n" not in str(error.value)
+    alone = tmp_path / "model.weights.h5"  # no sibling .keras or config.json to read
+    shutil.copy(folder / "model.weights.h5", alone)
+    with pytest.raises(M.ModelError, match="do not fit the model the flags describe") as error:
+        _new_model(options(weights=str(alone), backbone="resnet34"), info(["a", "b", "c"]))
+    message = str(error.value)
+    assert "\n" not in message and message.endswith("put its .keras or config.json beside it.")
+
+
+def test_weights_h5_takes_its_architecture_from_a_sibling_config(trained, tmp_path, capsys):
+    """Beside its .keras (a snapshot) or a config.json, a .weights.h5 needs no architecture
+    flags: here the flags say resnet34, the file is a resnet18 at width 0.25."""
+    source, folder = trained
+    alone = tmp_path / "model.weights.h5"
+    shutil.copy(folder / "model.weights.h5", alone)
+    (tmp_path / "config.json").write_text(source.to_json())
+    started = _new_model(options(weights=str(alone), backbone="resnet34"),
+                         info(["a", "b", "c"]))
+    assert f"{alone}: architecture from {tmp_path / 'config.json'}" in capsys.readouterr().out
+    assert started.backbone.count_params() == source.backbone.count_params()
+    images = raw_images()
+    np.testing.assert_allclose(source(images, training=False)["classification"],
+                               started(images, training=False)["classification"], atol=1e-5)
+
+
+def test_keras3_weights_h5_backbone_loads_and_says_what(tmp_path):
+    theirs = keras_applications_file(tmp_path / "legacy.h5", "mobilenet_v3_small")
+    theirs.save_weights(tmp_path / "small.weights.h5")
+    reports = []
+    ours = imagenet_backbone("mobilenet_v3_small", tmp_path / "small.weights.h5",
+                             report=reports.append)
+    legacy = imagenet_backbone("mobilenet_v3_small", tmp_path / "legacy.h5",
+                               report=reports.append)
+    images = raw_images()
+    np.testing.assert_allclose(ours(images)[2], legacy(images)[2], rtol=1e-5, atol=1e-5)
+    keras3, old = reports
+    assert keras3.startswith(f"{tmp_path / 'small.weights.h5'}: loaded ")
+    assert " weights of " in keras3 and "layers into the mobilenet_v3_small backbone" in keras3
+    assert keras3.split(":", 1)[1] == old.split(":", 1)[1]  # the same layers either way
+    with h5py.File(tmp_path / "empty.h5", "w"):
+        pass
+    with pytest.raises(M.ModelError, match=r"takes a legacy \.h5 .* or a Keras 3 \.weights\.h5"):
+        imagenet_backbone("mobilenet_v3_small", tmp_path / "empty.h5")
