@@ -192,7 +192,7 @@ def table(rows: list[Row]) -> str:
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {r.name} | {r.params:,} | {r.mAP:.3f} | {r.train_images_per_s:.1f} | "
               f"{r.infer_images_per_s:.1f} |" for r in rows]
-    classes = [c for c in rows[0].per_class if rows[0].per_class[c] == rows[0].per_class[c]]
+    classes = [c for c, value in rows[0].per_class.items() if not math.isnan(value)]
     lines += ["", "| class | " + " | ".join(r.name.split(" (")[0] for r in rows) + " |",
               "|---|" + "---:|" * len(rows)]
     lines += [f"| {c} | " + " | ".join(f"{r.per_class[c]:.3f}" for r in rows) + " |"
