@@ -8,7 +8,7 @@ any size (the exported SavedModel's signature), `detect_dataset` feeds it a TFDS
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +117,24 @@ def detect_dataset(
         raise ModelError(f"the model's classes are not those of {info.name} "
                          f"({model.num_classes} vs {info.num_classes} classes)")
     detect = tf.function(lambda images, content: detect_letterboxed(model, images, content))
+    return detect_split(detect, info, split, image_size=model.image_size, data_dir=data_dir,
+                        batch_size=batch_size, limit=limit, progress=progress)
+
+
+def detect_split(
+    detect: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
+    info: DatasetInfo,
+    split: str,
+    *,
+    image_size: int,
+    data_dir: str | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    progress: bool = False,
+) -> tuple[Annotations, list[Keyframe]]:
+    """`detect_dataset` for any detector: `detect(images, content)` answers as
+    `detect_letterboxed` does (`boxes`, `scores`, `classes`, `num_detections`), so another
+    implementation (benchmarks/peers.py) is scored on the same ground truth."""
     truth: list[pd.DataFrame] = []
     empty: set[tuple[str, int]] = set()
     keyframes: list[Keyframe] = []
@@ -124,7 +142,7 @@ def detect_dataset(
     if limit is not None:
         total = min(limit, total) if total else limit
     bar = Progress(f"{info.name}:{split}", total, enabled=progress)
-    for batch in eval_batches(info, split, image_size=model.image_size, batch_size=batch_size,
+    for batch in eval_batches(info, split, image_size=image_size, batch_size=batch_size,
                               data_dir=data_dir, limit=limit):
         out = {k: v.numpy() for k, v in detect(batch["images"], batch["content"]).items()}
         bar.update(len(batch["second"]))

@@ -94,6 +94,33 @@ def test_evaluate_model_writes_detections_and_scores_them(model_path, data_dir, 
     assert set(rows.table["second"]) == {902, 903, 904, 905}
 
 
+def test_detect_split_scores_any_detector_on_the_same_ground_truth(model_path, data_dir):
+    """benchmarks/peers.py scores another implementation through detect_split: its
+    detections come back as given (cut at num_detections) beside detect_dataset's truth."""
+    from detector.data import dataset_info
+    from detector.predict import detect_dataset, detect_split
+
+    info = dataset_info("detector_toy_ava", data_dir)
+
+    def constant(images, content):
+        batch = tf.shape(images)[0]
+        box = tf.constant([[[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]]])
+        return {"boxes": tf.tile(box, [batch, 1, 1]),
+                "scores": tf.tile([[0.9, 0.4]], [batch, 1]),
+                "classes": tf.tile([[3, 7]], [batch, 1]),
+                "num_detections": tf.fill([batch], 1)}
+
+    truth, keyframes = detect_split(constant, info, "validation", image_size=96,
+                                    data_dir=data_dir)
+    expected, _ = detect_dataset(M.load_model(model_path), info, "validation",
+                                 data_dir=data_dir)
+    assert truth.table.equals(expected.table) and len(truth.table) > 4
+    assert sorted((k.second, k.classes.tolist()) for k in keyframes) == [
+        (s, [3]) for s in (902, 903, 904, 905)]
+    np.testing.assert_allclose(keyframes[0].boxes, [[0.1, 0.2, 0.5, 0.6]])
+    np.testing.assert_allclose(keyframes[0].scores, [0.9])
+
+
 def test_evaluate_model_leaves_out_excluded_keyframes(model_path, data_dir, tmp_path, capsys):
     excluded = tmp_path / "excluded.csv"
     excluded.write_text("validvideo0,902\nvalidvideo0,0903\n")
