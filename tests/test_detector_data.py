@@ -75,8 +75,12 @@ def test_train_batches_letterbox_pixel_boxes_and_multi_hot(data_dir):
                                  b[2] * content_height]), 2)): list(np.flatnonzero(labels))
         for e in raw for b, labels in zip(e["objects"]["bbox"], e["objects"]["labels"], strict=True)
     }
+    keys = np.array(list(expected))
     for box, hot in zip(boxes[real], classes[real], strict=True):
-        assert expected[tuple(np.round(box, 2))] == list(np.flatnonzero(hot))
+        # nearest raw box within float32 rounding (an exact 2-decimal key can flip at .xx5)
+        nearest = keys[np.abs(keys - box).max(axis=1).argmin()]
+        assert np.abs(nearest - box).max() < 0.02
+        assert expected[tuple(nearest)] == list(np.flatnonzero(hot))
 
 
 def test_random_transform_keeps_boxes_inside_and_labels_whole(data_dir):
