@@ -218,19 +218,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parsers, one per verb ---
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a RetinaNet on a TFDS detection dataset (model.fit)",
-        description="Train a KerasCV RetinaNet (multi-label sigmoid focal loss) on a TFDS "
-        "detection dataset: ava_keyframes/v2.2, or any with objects/bbox and objects/label "
-        "such as voc/2007.",
-    )
-    p.add_argument("--dataset", required=True, help="TFDS name, e.g. ava_keyframes/v2.2")
-    p.add_argument("--data-dir", help="TFDS data dir the dataset was built in")
-    p.add_argument("--split", default="train", help="training split (default: train)")
-    p.add_argument("--val-split", default="validation",
-                   help="split scored for mAP during training, or 'none' (default: validation)")
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """train's flags for the network and where its weights start."""
     p.add_argument("--backbone", default="resnet50",
                    help="resnet50 (default), resnet18, resnet34, resnet101, "
                    "mobilenet_v3_small, mobilenet_v3_large or efficientnetv2_b0")
@@ -246,6 +235,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "efficientnetv2_b0")
     p.add_argument("--preset", help="KerasCV preset folder on disk (config.json, "
                    "model.weights.h5...), or a preset name (downloads: needs network access)")
+    p.add_argument("--image-size", type=positive_int, default=512,
+                   help="square input side, a multiple of 32 (default 512)")
+    p.add_argument("--fpn-channels", type=positive_int, default=256,
+                   help="channels of the feature pyramid")
+    p.add_argument("--head-channels", type=positive_int, default=256,
+                   help="channels of the box and class heads")
+    p.add_argument("--head-depth", type=positive_int, default=4, help="conv layers per head")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a RetinaNet on a TFDS detection dataset (model.fit)",
+        description="Train a KerasCV RetinaNet (multi-label sigmoid focal loss) on a TFDS "
+        "detection dataset: ava_keyframes/v2.2, or any with objects/bbox and objects/label "
+        "such as voc/2007.",
+    )
+    p.add_argument("--dataset", required=True, help="TFDS name, e.g. ava_keyframes/v2.2")
+    p.add_argument("--data-dir", help="TFDS data dir the dataset was built in")
+    p.add_argument("--split", default="train", help="training split (default: train)")
+    p.add_argument("--val-split", default="validation",
+                   help="split scored for mAP during training, or 'none' (default: validation)")
+    _add_model_options(p)
     p.add_argument("--snapshot", help="resume training from this .keras snapshot")
     p.add_argument("--freeze-backbone", action="store_true", help="do not train the backbone")
     p.add_argument("--random-transform", action="store_true",
@@ -254,13 +266,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
     p.add_argument("--lr", type=positive_number, default=1e-4, help="Adam learning rate")
-    p.add_argument("--image-size", type=positive_int, default=512,
-                   help="square input side, a multiple of 32 (default 512)")
-    p.add_argument("--fpn-channels", type=positive_int, default=256,
-                   help="channels of the feature pyramid")
-    p.add_argument("--head-channels", type=positive_int, default=256,
-                   help="channels of the box and class heads")
-    p.add_argument("--head-depth", type=positive_int, default=4, help="conv layers per head")
     p.add_argument("--snapshot-path", default="snapshots",
                    help="folder for a .keras snapshot per epoch (default: snapshots)")
     p.add_argument("--no-snapshots", action="store_true", help="write no per-epoch snapshot")
