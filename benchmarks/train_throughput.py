@@ -1,7 +1,8 @@
 """Is the input pipeline fast enough to feed training? Images/s of each, same run.
 
     .venv/bin/python benchmarks/train_throughput.py [--backbone resnet50 --image-size 512]
-        [--batch-size 8] [--mixed-precision] [--jit-compile] [--data-dir D]
+        [--batch-size 8] [--mixed-precision [auto|float16|bfloat16|off]] [--jit-compile]
+        [--data-dir D]
 
 Builds a small synthetic `ava_keyframes` dataset (or uses `--data-dir` where one is built),
 then measures on the same training batches (augmentation on):
@@ -30,6 +31,7 @@ import ava_keyframes  # noqa: F401 - registers the TFDS builder
 from ava_keyframes.synth import make_corpus
 from detector.data import SHUFFLE_BUFFER, dataset_info, train_batches
 from detector.model import build_model, compile_model
+from detector.precision import MIXED_PRECISION, precision_policy
 
 
 def build_dataset(root: Path) -> str:
@@ -51,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-depth", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
-    parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--mixed-precision", nargs="?", const="auto", default="off",
+                        choices=MIXED_PRECISION, help="as `ava-detector train`'s (a bare flag: "
+                        "auto, float16 on a GPU)")
     parser.add_argument("--jit-compile", action="store_true")
     args = parser.parse_args(argv)
 
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(precision_policy(args.mixed_precision))
     data_dir = args.data_dir or build_dataset(Path(tempfile.mkdtemp(prefix="throughput-")))
     info = dataset_info("ava_keyframes", data_dir)
     batches = train_batches(info, "train", image_size=args.image_size,
