@@ -32,6 +32,7 @@ _EXPORTS = {
                  "evaluation_labelmap_path", "read_labelmap", "write_classes_csv"],
     "media": ["VideoError", "check_video", "ffmpeg_binary"],
     "plan": ["pixel_box"],
+    "settings": ["FetchSettings"],
     "sources": ["FetchResult", "VideoCache"],
     "stamp": ["read_frame_stamp", "write_stamped_video"],
     "synth": ["CorpusInfo", "make_corpus"],

@@ -33,10 +33,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ava_keyframes.annotations import Person, read_annotations
+from ava_keyframes.fetchers import mirror_file_names
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 from ava_keyframes.media import VideoError, ffmpeg_binary
 from ava_keyframes.pose import RUN, WALK, Look, draw_figure, person_angles
-from ava_keyframes.sources import mirror_file_names
 from ava_keyframes.stamp import MAX_FRAME_INDEX, check_format, exact_fps, scrolling_texture
 from ava_keyframes.synth import (
     CorpusInfo,

@@ -16,7 +16,8 @@ What it guarantees, whatever the server does:
   line; later requests to it fail at once, without waiting.
 
 Each limit has an environment variable (``AVA_KEYFRAMES_<NAME>``, e.g.
-``AVA_KEYFRAMES_ATTEMPTS``) and a flag of ``ava-keyframes download``.
+``AVA_KEYFRAMES_ATTEMPTS``, read by :mod:`ava_keyframes.settings`) and a flag of
+``ava-keyframes download``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import errno
 import http.client
 import logging
 import math
-import os
 import re
 import socket
 import threading
@@ -73,26 +73,6 @@ class Limits:
             if not valid:
                 kind = "a positive integer" if whole else "a positive number"
                 raise ValueError(f"invalid limit {field.name}={value!r}: expected {kind}")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **values: float | None) -> Limits:
-        """Limits from ``values`` (None: not given), then ``AVA_KEYFRAMES_<NAME>``, defaults."""
-        environ = os.environ if environ is None else environ
-        chosen = {}
-        for field in dataclasses.fields(cls):
-            value = values.pop(field.name, None)
-            variable = f"AVA_KEYFRAMES_{field.name.upper()}"
-            if value is None and environ.get(variable):
-                try:
-                    value = (int if field.type == "int" else float)(environ[variable])
-                except ValueError:
-                    raise ValueError(f"{variable}={environ[variable]!r}: expected a "
-                                     f"{'whole ' if field.type == 'int' else ''}number") from None
-            if value is not None:
-                chosen[field.name] = value
-        if values:
-            raise TypeError(f"unknown limits: {', '.join(values)}")
-        return cls(**chosen)
 
 
 class RemoteError(Exception):

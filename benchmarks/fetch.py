@@ -7,7 +7,7 @@ packets) and as an mkv without an index (no Cues). For each, one run fetches
 
   window   ``ava_keyframes.window.fetch_window``: only the bytes of seconds 902..1798,
            stream-copied into a window file;
-  whole    ``ava_keyframes.cache.download_whole``: the whole file, as the cache did before;
+  whole    ``ava_keyframes.whole.download_whole``: the whole file, as the cache did before;
 
 first at loopback speed, then through a server throttled to ``--rate`` MB/s (a link of
 100 Mbit/s by default). Printed: bytes, requests and wall time of each, and their ratios.
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ava_keyframes.cache import Partial, download_whole
+from ava_keyframes.cache import Partial
 from ava_keyframes.frames import extract_keyframes
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Limits, Meter, Remote
+from ava_keyframes.whole import download_whole
 from ava_keyframes.window import fetch_window
 
 AVA_SECONDS = range(902, 1799)

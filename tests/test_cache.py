@@ -21,6 +21,7 @@ from ava_keyframes import cli
 from ava_keyframes.cache import Partial
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Hosts, Limits
+from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import VideoCache
 
 GOOD = "abcdefghijk"  # not in the official mirror list: tried as .mkv, .mp4, .webm
@@ -87,9 +88,9 @@ def no_cache_env(monkeypatch):
 def cache_on(server: LoopbackServer, root: Path, waits: list | None = None, **limits) -> VideoCache:
     """A cache of whole files from ``server``'s /m/ with short limits (``limits`` override)."""
     limits = Limits(**{"read_timeout": 5, "attempts": 4, "backoff": 0.01, **limits})
-    return VideoCache(root, sources="mirror", mirror=server.url + "/m/", limits=limits,
-                      sleep=(waits if waits is not None else []).append, hosts=Hosts(),
-                      fetch="whole")
+    settings = FetchSettings(root, sources="mirror", mirror=server.url + "/m/", limits=limits,
+                             fetch="whole")
+    return settings.video_cache(sleep=(waits if waits is not None else []).append, hosts=Hosts())
 
 
 def leftovers(root: Path) -> list[str]:
@@ -301,10 +302,10 @@ def closed_port() -> int:
 def test_an_unreachable_host_is_marked_down_after_a_few_tries(tmp_path, caplog, source):
     url = f"http://127.0.0.1:{closed_port()}"
     waits = []
-    cache = VideoCache(tmp_path, sources=source, mirror=url + "/m/",
-                       youtube_template=url + "/yt/{id}.mp4",
-                       limits=Limits(attempts=6, backoff=0.01, down_after=3),
-                       sleep=waits.append, hosts=Hosts())
+    cache = FetchSettings(tmp_path, sources=source, mirror=url + "/m/",
+                          youtube_template=url + "/yt/{id}.mp4",
+                          limits=Limits(attempts=6, backoff=0.01, down_after=3),
+                          ).video_cache(sleep=waits.append, hosts=Hosts())
     with caplog.at_level(logging.WARNING):
         results = cache.fetch_many([GOOD, OTHER, "cdefghijklm"], jobs=1, progress=False)
     assert [(r.status, r.transient) for r in results] == [("unavailable", True)] * 3
@@ -322,9 +323,9 @@ def test_a_name_that_does_not_resolve_is_marked_down_too(tmp_path, caplog, monke
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)  # offline, as seen from the resolver
     waits = []
-    cache = VideoCache(tmp_path, sources="mirror", mirror="http://mirror.invalid/m/",
-                       limits=Limits(attempts=6, backoff=0.01, down_after=2),
-                       sleep=waits.append, hosts=Hosts())
+    cache = FetchSettings(tmp_path, sources="mirror", mirror="http://mirror.invalid/m/",
+                          limits=Limits(attempts=6, backoff=0.01, down_after=2),
+                          ).video_cache(sleep=waits.append, hosts=Hosts())
     with caplog.at_level(logging.WARNING):
         results = cache.fetch_many([GOOD, OTHER], jobs=1, progress=False)
     assert all(r.transient and "name not resolved" in r.reason for r in results)

@@ -15,6 +15,7 @@ from test_window import VIDEO_ID, RangeServer, videos
 from ava_keyframes import cli
 from ava_keyframes.cache import CacheError
 from ava_keyframes.remote import Limits
+from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import VideoCache
 
 __all__ = ["no_cache_env", "serve", "video", "videos"]  # fixtures, used by name
@@ -38,8 +39,8 @@ def test_a_hard_link_planted_as_a_partial_file_is_refused_and_its_target_untouch
 
 
 def window_cache(tmp_path: Path, url: str) -> VideoCache:
-    return VideoCache(tmp_path / "cache", sources="mirror", mirror=url, fetch="window",
-                      limits=Limits(attempts=2, backoff=0), sleep=lambda _: None)
+    return FetchSettings(tmp_path / "cache", sources="mirror", mirror=url, fetch="window",
+                         limits=Limits(attempts=2, backoff=0)).video_cache(sleep=lambda _: None)
 
 
 @pytest.mark.parametrize("place", ["partial/.{name}.tmp1.mp4", "windows/{name}",
@@ -76,8 +77,8 @@ def test_two_files_for_one_id_are_refused_in_one_line_naming_both(
     (folder / f"{GOOD}.mkv").write_bytes(video)
     (folder / f"{GOOD}.mp4").write_bytes(video)
     server = serve(file_server(video))
-    cache = VideoCache(tmp_path / "cache", sources="local,mirror", mirror=server.url + "/m/",
-                       manual_dir=tmp_path / "manual", fetch="whole")
+    cache = FetchSettings(tmp_path / "cache", sources="local,mirror", mirror=server.url + "/m/",
+                          manual_dir=tmp_path / "manual", fetch="whole").video_cache()
     with pytest.raises(CacheError, match=f"{GOOD}.mkv and .*{GOOD}.mp4: two files for video"):
         cache.fetch(GOOD)
     code = cli.main(["download", "--ids", GOOD, "--cache", str(tmp_path / "cache"),
@@ -94,8 +95,9 @@ def test_an_undecodable_local_file_falls_through_to_the_next_source(tmp_path, se
     server = serve(file_server(video))
 
     def fetch(sources: str):
-        return VideoCache(tmp_path / "cache", sources=sources, mirror=server.url + "/m/",
-                          manual_dir=tmp_path / "manual", fetch="whole").fetch(GOOD)
+        settings = FetchSettings(tmp_path / "cache", sources=sources, mirror=server.url + "/m/",
+                                 manual_dir=tmp_path / "manual", fetch="whole")
+        return settings.video_cache().fetch(GOOD)
 
     alone = fetch("local")
     assert alone.status == "unavailable" and "not a decodable video" in alone.reason

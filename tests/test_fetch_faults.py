@@ -23,6 +23,7 @@ from ava_keyframes import cli, window
 from ava_keyframes.frames import extract_clips, extract_keyframes
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Limits
+from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import VideoCache
 from ava_keyframes.stamp import write_stamped_video
 
@@ -69,8 +70,8 @@ def served(tmp_path, videos) -> Path:
 
 
 def cache(tmp_path: Path, url: str) -> VideoCache:
-    return VideoCache(tmp_path / "cache", sources="mirror", mirror=url, fetch="window",
-                      limits=Limits(attempts=2, backoff=0), sleep=lambda _: None)
+    return FetchSettings(tmp_path / "cache", sources="mirror", mirror=url, fetch="window",
+                         limits=Limits(attempts=2, backoff=0)).video_cache(sleep=lambda _: None)
 
 
 @pytest.mark.parametrize("fault", ["wrong", "missing", "star", "extra", "longer"])

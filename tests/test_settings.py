@@ -48,9 +48,8 @@ def test_launching_side_settings_win_over_the_environment_at_fetch_time(tmp_path
     monkeypatch.setenv("AVA_KEYFRAMES_FETCH", "window")
     monkeypatch.setenv("AVA_KEYFRAMES_READ_TIMEOUT", "99")
     cache = work.video_cache()
-    assert cache.sources == ("mirror",)
-    assert cache.mirror == "http://127.0.0.1:9/m/"
-    assert cache.fetch_mode == "whole"
+    [mirror] = cache.sources
+    assert (mirror.name, mirror.base, mirror.windowed) == ("mirror", "http://127.0.0.1:9/m/", False)
     assert cache.remote.limits == Limits(read_timeout=7.0)
 
 
@@ -60,9 +59,9 @@ def test_pickled_settings_rebuild_the_same_sources_in_a_clean_process(tmp_path):
     blob = tmp_path / "settings.pickle"
     blob.write_bytes(pickle.dumps(settings))
     script = ("import pickle, sys; s = pickle.load(open(sys.argv[1], 'rb')); c = s.video_cache();"
-              "print(c.sources, c.mirror, c.fetch_mode, c.remote.limits.read_timeout, s == "
-              "pickle.loads(pickle.dumps(s)))")
+              "[m] = c.sources; print(m.name, m.base, m.windowed, c.remote.limits.read_timeout, "
+              "s == pickle.loads(pickle.dumps(s)))")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AVA_KEYFRAMES_")}
     out = subprocess.run([sys.executable, "-c", script, str(blob)], env=clean, check=True,  # noqa: S603
                          capture_output=True, text=True).stdout
-    assert out.split() == ["('mirror',)", "http://127.0.0.1:9/m/", "whole", "7.0", "True"]
+    assert out.split() == ["mirror", "http://127.0.0.1:9/m/", "False", "7.0", "True"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import subprocess
 import time
 
@@ -13,6 +14,7 @@ from loopback import LoopbackServer
 from ava_keyframes import cli
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Hosts, Limits
+from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import VideoCache
 
 GOOD = "abcdefghijk"  # not in the official mirror list: tried as .mkv, .mp4, .webm
@@ -85,17 +87,18 @@ def server():
 
 @pytest.fixture(autouse=True)
 def no_source_env(monkeypatch):
-    for name in ("AVA_KEYFRAMES_SOURCES", "AVA_KEYFRAMES_MIRROR", "AVA_KEYFRAMES_YOUTUBE_TEMPLATE"):
-        monkeypatch.delenv(name, raising=False)
+    for name in [name for name in os.environ if name.startswith("AVA_KEYFRAMES_")]:
+        monkeypatch.delenv(name)
 
 
 def mirror_cache(cache_dir, server, waits=None, **options) -> VideoCache:
     """A mirror-only cache on ``server`` with short limits; ``options`` of Limits go there."""
     limits = {name: options.pop(name) for name in list(options) if hasattr(Limits, name)}
     limits = Limits(**{"read_timeout": 5, "attempts": 4, "backoff": 0.01, **limits})
-    return VideoCache(cache_dir, sources="mirror", mirror=server.url + "/m/", limits=limits,
-                      sleep=(waits if waits is not None else []).append, hosts=Hosts(),
-                      **options)
+    settings = FetchSettings(cache_dir, sources="mirror", mirror=server.url + "/m/",
+                             limits=limits)
+    return settings.video_cache(sleep=(waits if waits is not None else []).append,
+                                hosts=Hosts(), **options)
 
 
 def test_mirror_download_is_byte_identical_and_a_second_run_makes_no_request(
@@ -180,9 +183,9 @@ def test_5xx_and_timeouts_are_retried_with_exponential_backoff(tmp_path, server,
     server.files[path] = video_bytes
     server.script[path] = [503, 500, "slow"]
     waits = []
-    cache = VideoCache(tmp_path, sources="mirror", mirror=server.url + "/m",
-                       limits=Limits(read_timeout=0.3, attempts=4, backoff=0.01),
-                       sleep=waits.append)
+    cache = FetchSettings(tmp_path, sources="mirror", mirror=server.url + "/m",
+                          limits=Limits(read_timeout=0.3, attempts=4, backoff=0.01),
+                          ).video_cache(sleep=waits.append)
     result = cache.fetch(GOOD)
     assert result.path.read_bytes() == video_bytes
     assert waits == [0.01, 0.02, 0.04]
@@ -213,9 +216,10 @@ def test_youtube_source_downloads_through_ytdlp_and_the_url_template(
     for video_id in (GOOD, DASHED):
         server.files[f"/yt/{video_id}.mp4"] = video_bytes
     monkeypatch.chdir(tmp_path.parent)  # a relative cache folder
-    cache = VideoCache(tmp_path.name, sources="youtube",
-                       youtube_template=server.url + "/yt/{id}.mp4",
-                       limits=Limits(read_timeout=5, backoff=0.01), sleep=lambda s: None)
+    cache = FetchSettings(tmp_path.name, sources="youtube",
+                          youtube_template=server.url + "/yt/{id}.mp4",
+                          limits=Limits(read_timeout=5, backoff=0.01),
+                          ).video_cache(sleep=lambda s: None)
     results = cache.fetch_many([GOOD, DASHED, MISSING], jobs=1, progress=False)
     assert [(r.status, r.source) for r in results[:2]] == [("downloaded", "youtube")] * 2
     for result, video_id in zip(results[:2], (GOOD, DASHED), strict=True):
@@ -233,10 +237,10 @@ def test_sources_in_order_first_success_wins_and_local_files_are_used_in_place(
     manual.mkdir(parents=True)
     (manual / f"{GOOD}.webm").write_bytes(video_bytes)
     server.files[f"/yt/{MISSING}.mp4"] = video_bytes
-    cache = VideoCache(tmp_path / "cache", sources="local,mirror,youtube",
-                       mirror=server.url + "/m/", youtube_template=server.url + "/yt/{id}.mp4",
-                       manual_dir=tmp_path / "manual", limits=Limits(read_timeout=5),
-                       sleep=lambda s: None)
+    cache = FetchSettings(tmp_path / "cache", sources="local,mirror,youtube",
+                          mirror=server.url + "/m/", youtube_template=server.url + "/yt/{id}.mp4",
+                          manual_dir=tmp_path / "manual", limits=Limits(read_timeout=5),
+                          ).video_cache(sleep=lambda s: None)
     local = cache.fetch(GOOD)
     assert (local.status, local.source, local.path) == ("cached", "local", manual / f"{GOOD}.webm")
     assert server.requests == [] and not (tmp_path / "cache").exists()
@@ -251,14 +255,34 @@ def test_environment_variables_configure_sources_mirror_and_template(
     monkeypatch.setenv("AVA_KEYFRAMES_MIRROR", server.url + "/env/")
     monkeypatch.setenv("AVA_KEYFRAMES_YOUTUBE_TEMPLATE", server.url + "/t/{id}.mp4")
     server.files[f"/env/{GOOD}.mkv"] = video_bytes
-    cache = VideoCache(tmp_path)
-    assert cache.sources == ("youtube", "mirror")
+    cache = FetchSettings.resolve(cache_dir=tmp_path).video_cache()
+    assert [source.name for source in cache.sources] == ["youtube", "mirror"]
     result = cache.fetch(GOOD)
     assert result.source == "mirror" and server.paths()[0] == f"/t/{GOOD}.mp4"
     for bad in ({"sources": "mirror,ftp"}, {"mirror": "file:///etc/"},
                 {"youtube_template": "https://example.org/"}):
         with pytest.raises(ValueError, match="invalid"):
-            VideoCache(tmp_path, **bad)
+            FetchSettings.resolve(cache_dir=tmp_path, flags=bad)
+        with pytest.raises(ValueError, match="invalid"):
+            FetchSettings(tmp_path, **bad)
+
+
+def test_a_cache_made_from_settings_never_reads_the_environment(
+        tmp_path, server, monkeypatch, video_bytes):
+    server.files[f"/m/{GOOD}.mp4"] = video_bytes
+    settings = FetchSettings(tmp_path / "cache", sources="mirror", mirror=server.url + "/m/",
+                             fetch="whole", limits=Limits(read_timeout=5, backoff=0.01))
+    for name, bad in {"SOURCES": "ftp", "MIRROR": "file:///etc/", "FETCH": "some",
+                      "YOUTUBE_TEMPLATE": "https://example.org/", "READ_TIMEOUT": "soon",
+                      "ATTEMPTS": "0", "MAX_BYTES": "1", "CACHE": str(tmp_path / "other")
+                      }.items():
+        monkeypatch.setenv(f"AVA_KEYFRAMES_{name}", bad)
+    cache = settings.video_cache(sleep=lambda s: None, hosts=Hosts())
+    assert [source.name for source in cache.sources] == ["mirror"]
+    result = cache.fetch(GOOD, seconds=[0])
+    assert (result.status, result.source, result.fetch_mode) == ("downloaded", "mirror", "whole")
+    assert result.path == tmp_path / "cache" / "videos" / f"{GOOD}.mp4"
+    assert not (tmp_path / "other").exists()
 
 
 def test_hostile_ids_are_rejected_with_nothing_written(tmp_path, server, capsys):

@@ -4,6 +4,7 @@ keyframes need travel, and the window gives the whole file's frames."""
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import http.server
 import json
 import re
@@ -21,6 +22,7 @@ from ava_keyframes.cache import CacheError
 from ava_keyframes.frames import MissingKeyframes, extract_keyframes
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Limits, NoRanges, Remote, RemoteError
+from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sidecar import read_window, sidecar_path
 from ava_keyframes.sources import VideoCache
 from ava_keyframes.stamp import read_frame_stamp, read_frame_times, write_stamped_video
@@ -331,9 +333,12 @@ def mirror(tmp_path, videos):
     server.close()
 
 
-def video_cache(tmp_path, server, **options) -> VideoCache:
-    return VideoCache(tmp_path / "cache", sources="mirror", mirror=server.url,
-                      limits=Limits(attempts=2, backoff=0), sleep=lambda _: None, **options)
+def video_cache(tmp_path, server, **flags) -> VideoCache:
+    """A mirror-only cache on ``server``; ``flags`` and the environment settle the rest."""
+    settings = FetchSettings.resolve(cache_dir=tmp_path / "cache", flags={
+        "sources": "mirror", "mirror": server.url, **flags})
+    settings = dataclasses.replace(settings, limits=Limits(attempts=2, backoff=0))
+    return settings.video_cache(sleep=lambda _: None)
 
 
 def test_the_mirror_source_fetches_windows_by_default_and_reuses_them(
