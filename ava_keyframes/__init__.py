@@ -33,7 +33,7 @@ _EXPORTS = {
     "media": ["VideoError", "check_video", "ffmpeg_binary"],
     "plan": ["pixel_box"],
     "settings": ["FetchSettings"],
-    "sources": ["FetchResult", "VideoCache"],
+    "sources": ["Downloaded", "FetchResult", "VideoCache", "download"],
     "stamp": ["read_frame_stamp", "write_stamped_video"],
     "synth": ["CorpusInfo", "make_corpus"],
     "csvworld": ["make_csv_corpus", "plan_world"],

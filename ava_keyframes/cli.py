@@ -129,63 +129,34 @@ _LIMIT_FLAGS = {  # flag -> (type, help): the fields of ava_keyframes.remote.Lim
 }
 
 
-def _download_ids(args: argparse.Namespace) -> tuple[list[str], dict[str, list[int]] | None]:
-    """Validated ids from --ids, or the distinct ids of --csv in file order with the keyframe
-    seconds each needs (checked to decode through the last of them)."""
-    from ava_keyframes.annotations import AnnotationError, check_video_id, read_annotations
-
-    if args.ids is not None:
-        try:
-            return [check_video_id(i.strip()) for i in args.ids.split(",") if i.strip()], None
-        except ValueError as error:
-            raise CliError(f"--ids: {error}") from None
-    with user_errors(AnnotationError):
-        annotations = read_annotations(args.csv)
-    bad_ids = [str(r) for r in annotations.report if r.field == "video_id"]
-    if bad_ids:
-        raise CliError("; ".join(bad_ids))
-    seconds: dict[str, list[int]] = {}
-    for video_id, second in annotations.keyframes():
-        seconds.setdefault(video_id, []).append(second)
-    ids = list(annotations.table["video_id"].unique())
-    return ids + sorted(set(seconds) - set(ids)), seconds
-
-
 def _cmd_download(args: argparse.Namespace) -> int:
     """Exit 0 when every video is in hand or permanently unavailable (listed), 1 when one
     was lost to a cause that may pass (run again), 2 for a user's mistake or unusable cache."""
+    from ava_keyframes.annotations import AnnotationError
     from ava_keyframes.cache import CacheError
     from ava_keyframes.settings import FetchSettings
+    from ava_keyframes.sources import download
 
-    ids, seconds = _download_ids(args)
-    if not ids:
-        raise CliError("no video ids given" if args.csv is None else f"{args.csv}: no valid "
-                       f"rows (`ava-keyframes inspect {args.csv}` lists the rejected ones)")
-    if args.jobs < 1:
-        raise CliError(f"--jobs must be at least 1, not {args.jobs}")
-    with user_errors(ValueError, CacheError):
+    ids = None if args.ids is None else [i.strip() for i in args.ids.split(",") if i.strip()]
+    with user_errors(ValueError, AnnotationError, CacheError):
         flags = {name: getattr(args, name) for name in _LIMIT_FLAGS}
         settings = FetchSettings.resolve(
             cache_dir=args.cache, manual_dir=args.manual_dir, flags=flags | {
                 "cache_dir": args.cache, "sources": args.sources, "mirror": args.mirror,
                 "youtube_template": args.youtube_url_template, "fetch": args.fetch})
-        cache = settings.video_cache(retry_unavailable=args.retry_unavailable)
-        results = cache.fetch_many(ids, jobs=args.jobs, progress=True, seconds=seconds)
+        done = download(settings, ids=ids, csv=args.csv, jobs=args.jobs,
+                        retry_unavailable=args.retry_unavailable)
     console = sys.stderr if args.json else sys.stdout
-    for result in results:
+    for result in done.results:
         if args.json:
             print(json.dumps(result.to_json()))
         if result.status == "unavailable":
             kind = "lost (transient, run again)" if result.transient else "unavailable"
             print(f"{result.id}: {kind}: {result.reason}", file=console)
-    counts = {s: sum(r.status == s for r in results) for s in ("cached", "downloaded",
-                                                                 "unavailable")}
-    transient = sum(r.transient for r in results)
-    fetched = sum(r.bytes_fetched for r in results)
-    print(f"{len(results)} videos: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-          + f" ({transient} transient); {fetched} bytes fetched (cache: {cache.cache_dir})",
-          file=console)
-    return 1 if transient else 0
+    print(f"{len(done.results)} videos: " + ", ".join(f"{n} {s}" for s, n in done.counts.items())
+          + f" ({done.transient} transient); {done.bytes_fetched} bytes fetched "
+          f"(cache: {done.cache_dir})", file=console)
+    return 1 if done.transient else 0
 
 
 def _add_download_parser(sub: argparse._SubParsersAction) -> None:

@@ -21,11 +21,13 @@ for one id (an ``.mkv`` and an ``.mp4``, locally or in the cache) are refused in
 naming both.
 
 Ids are checked with :func:`ava_keyframes.annotations.check_video_id` before any path, URL or
-process is made from them.
+process is made from them. :func:`download` is ``ava-keyframes download`` as a library call:
+the videos of an id list or an annotation CSV into the cache.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -200,3 +202,61 @@ def _result(video_id: str, source: Source, got: Got, meter: Meter) -> FetchResul
     where = "cache" if got.mode == "cache" else source.name
     return FetchResult(video_id, status, got.path, where, None, got.origin, got.mode,
                        meter.bytes, note=got.note, to_end=got.to_end)
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """What :func:`download` did: one result per distinct id, in first-seen order."""
+
+    results: tuple[FetchResult, ...]
+    cache_dir: Path
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Videos per status: cached, downloaded, unavailable."""
+        return {status: sum(r.status == status for r in self.results)
+                for status in ("cached", "downloaded", "unavailable")}
+
+    @property
+    def transient(self) -> int:
+        """Videos lost to a cause that may pass: worth running again."""
+        return sum(r.transient for r in self.results)
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(r.bytes_fetched for r in self.results)
+
+
+def download(settings: FetchSettings, *, ids: Iterable[str] | None = None,
+             csv: str | os.PathLike | None = None, jobs: int = 4, retry_unavailable: bool = False,
+             progress: bool = True) -> Downloaded:
+    """Fetch the videos ``ids`` names, or those of the AVA annotation CSV ``csv`` (each only
+    for the keyframe seconds it needs, checked to decode through the last of them), into the
+    cache ``settings`` describe, e.g. ``download(FetchSettings.resolve(cache_dir="cache"),
+    csv="ava_val_v2.2.csv")``. Raises ValueError for no or invalid ids (a CSV row with an
+    invalid id is named by file and line), AnnotationError for an unreadable CSV and
+    CacheError for a cache that cannot be used; a video not fetched is a result."""
+    if (ids is None) == (csv is None):
+        raise ValueError("give either ids or csv")
+    wanted, seconds = (list(ids), None) if csv is None else _csv_videos(csv)
+    if not wanted:
+        raise ValueError("no video ids given" if csv is None else f"{csv}: no valid rows "
+                         f"(`ava-keyframes inspect {csv}` lists the rejected ones)")
+    cache = settings.video_cache(retry_unavailable=retry_unavailable)
+    results = cache.fetch_many(wanted, jobs=jobs, progress=progress, seconds=seconds)
+    return Downloaded(tuple(results), cache.cache_dir)
+
+
+def _csv_videos(csv: str | os.PathLike) -> tuple[list[str], dict[str, list[int]]]:
+    """The distinct ids of ``csv`` in file order and the keyframe seconds each needs."""
+    from ava_keyframes.annotations import read_annotations
+
+    annotations = read_annotations(csv)
+    bad_ids = [str(r) for r in annotations.report if r.field == "video_id"]
+    if bad_ids:
+        raise ValueError("; ".join(bad_ids))
+    seconds: dict[str, list[int]] = {}
+    for video_id, second in annotations.keyframes():
+        seconds.setdefault(video_id, []).append(second)
+    ids = list(annotations.table["video_id"].unique())
+    return ids + sorted(set(seconds) - set(ids)), seconds

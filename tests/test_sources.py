@@ -11,6 +11,7 @@ import time
 import pytest
 from loopback import LoopbackServer
 
+import ava_keyframes
 from ava_keyframes import cli
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.remote import Hosts, Limits
@@ -299,6 +300,29 @@ def test_hostile_ids_are_rejected_with_nothing_written(tmp_path, server, capsys)
         assert code == 2 and "invalid video id" in capsys.readouterr().err
     assert server.requests == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_as_a_library_from_ids_then_from_a_csv(tmp_path, server, video_bytes):
+    server.files[f"/m/{GOOD}.mp4"] = video_bytes
+    settings = FetchSettings(tmp_path / "c", sources="mirror", mirror=server.url + "/m",
+                             limits=Limits(read_timeout=5, backoff=0.01))
+    done = ava_keyframes.download(settings, ids=[GOOD, MISSING, GOOD], progress=False)
+    assert [(r.id, r.status, r.source) for r in done.results] == [
+        (GOOD, "downloaded", "mirror"), (MISSING, "unavailable", None)]
+    assert done.counts == {"cached": 0, "downloaded": 1, "unavailable": 1}
+    assert (done.transient, done.bytes_fetched) == (0, len(video_bytes))
+    assert done.cache_dir == tmp_path / "c" and "404" in done.results[1].reason
+
+    csv = tmp_path / "train.csv"
+    csv.write_text(f"{GOOD},0902,0.1,0.1,0.5,0.5,12,0\n{MISSING},0902\n")
+    again = ava_keyframes.download(settings, csv=csv, jobs=1, progress=False)
+    assert [(r.id, r.status) for r in again.results] == [(GOOD, "cached"),
+                                                         (MISSING, "unavailable")]
+    assert "recorded" in again.results[1].reason and again.bytes_fetched == 0
+    for wrong, message in (({"ids": ["../x"]}, "invalid video id"), ({"ids": []}, "no video ids"),
+                           ({}, "either ids or csv"), ({"ids": [GOOD], "jobs": 0}, "jobs")):
+        with pytest.raises(ValueError, match=message):
+            ava_keyframes.download(settings, **wrong)
 
 
 def test_cli_download_json_lines_from_ids_and_csv(tmp_path, server, capsys, video_bytes):
