@@ -24,6 +24,7 @@ size matches, its first frame decodes and it demuxes cleanly through the last se
 
 from __future__ import annotations
 
+import abc
 import functools
 import urllib.parse
 from collections.abc import Sequence
@@ -62,7 +63,7 @@ class Got(NamedTuple):
     to_end: bool = True
 
 
-class Source:
+class Source(abc.ABC):
     """One place a video can come from. ``downloads``: it writes into the cache (the caller
     holds the video's writer lock around :meth:`get`) and its Permanent answers are worth
     recording in ``unavailable.json``."""
@@ -75,10 +76,10 @@ class Source:
         alone (no lock, no write, no request)."""
         return None
 
+    @abc.abstractmethod
     def get(self, video_id: str, seconds: Sequence[float] | None, meter: Meter) -> Got:
         """The video's file, answering ``seconds`` (None: the whole video); a RemoteError
         says why not. ``meter`` counts the bytes received."""
-        raise NotImplementedError
 
 
 class LocalFolder(Source):

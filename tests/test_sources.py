@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import os
@@ -14,7 +15,7 @@ from loopback import LoopbackServer
 import ava_keyframes
 from ava_keyframes import cli
 from ava_keyframes.media import ffmpeg_binary
-from ava_keyframes.remote import Hosts, Limits
+from ava_keyframes.remote import Hosts, Limits, Meter, Permanent
 from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import VideoCache
 
@@ -248,6 +249,25 @@ def test_sources_in_order_first_success_wins_and_local_files_are_used_in_place(
     fallback = cache.fetch(MISSING)
     assert (fallback.status, fallback.source) == ("downloaded", "youtube")
     assert server.paths()[:3] == [f"/m/{MISSING}{ext}" for ext in (".mkv", ".mp4", ".webm")]
+
+
+def test_each_source_says_what_it_lacks_and_only_downloading_ones_are_recorded(
+        tmp_path, server):
+    folder = tmp_path / "manual" / "videos"
+    folder.mkdir(parents=True)
+    settings = FetchSettings(tmp_path / "cache", sources="local,mirror", mirror=server.url + "/m/",
+                             manual_dir=tmp_path / "manual", limits=Limits(read_timeout=5))
+    cache = settings.video_cache(hosts=Hosts())
+    local, mirror = cache.sources
+    assert [(s.name, s.downloads) for s in cache.sources] == [("local", False), ("mirror", True)]
+    with pytest.raises(Permanent, match=f"not in {folder}"):
+        local.get(MISSING, None, Meter())
+    result = cache.fetch(MISSING)
+    assert result.reason.startswith(f"local: not in {folder}; mirror: ") and not result.transient
+    [entry] = json.loads((tmp_path / "cache" / "unavailable.json").read_text())
+    assert (entry["id"], entry["source"]) == (MISSING, "mirror")
+    no_folder = dataclasses.replace(settings, manual_dir=None).video_cache()
+    assert [source.name for source in no_folder.sources] == ["mirror"]
 
 
 def test_environment_variables_configure_sources_mirror_and_template(
