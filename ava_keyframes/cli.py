@@ -95,13 +95,12 @@ def _synth_from_csv(args: argparse.Namespace, fps: float, size: tuple[int, int])
     from ava_keyframes.media import VideoError
 
     csv = None if args.from_csv == "default" else args.from_csv
-    args.videos = 4 if args.videos is None else args.videos
-    args.seconds = 10 if args.seconds is None else args.seconds
+    given = {name: getattr(args, name) for name in ("videos", "seconds")
+             if getattr(args, name) is not None}  # else the library's defaults
     with user_errors(ValueError, VideoError, OSError):
         info, rejected = make_csv_corpus(
-            args.out, csv=csv, videos=args.videos, start=args.start, seconds=args.seconds,
-            fps=fps, size=size, container=args.container, background=args.background,
-            seed=args.seed)
+            args.out, csv=csv, start=args.start, fps=fps, size=size, container=args.container,
+            background=args.background, seed=args.seed, **given)
     _print_corpus(args, info)
     if rejected:
         print(f"{rejected} rows of the CSV were rejected and not rendered; "
@@ -112,10 +111,10 @@ def _synth_from_csv(args: argparse.Namespace, fps: float, size: tuple[int, int])
 
 def _print_corpus(args: argparse.Namespace, info) -> None:
     counts = ", ".join(f"{len(ids)} {split}" for split, ids in info.ids.items())
-    print(f"{len(info.videos)} videos ({counts}) of {args.start + args.seconds} s at {args.fps} "
-          f"fps, {args.size} {args.container}: {info.root / 'videos'}")
-    print(f"keyframes {args.start}..{args.start + args.seconds - 1} annotated: "
-          f"{info.annotations_dir}")
+    end = info.start + info.seconds
+    print(f"{len(info.videos)} videos ({counts}) of {end} s at {args.fps} fps, {args.size} "
+          f"{info.container}: {info.root / 'videos'}")
+    print(f"keyframes {info.start}..{end - 1} annotated: {info.annotations_dir}")
 
 
 # --- download ---
