@@ -37,7 +37,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ava_keyframes.annotations import check_video_id
+from ava_keyframes.annotations import check_video_id, read_annotations
 from ava_keyframes.cache import CacheDir, Unavailable
 from ava_keyframes.fetchers import Got, Source, make_sources
 from ava_keyframes.remote import Hosts, Meter, Permanent, Remote, RemoteError
@@ -94,7 +94,6 @@ class _Progress:
     def close(self) -> None:
         self.bytes.close()
         self.videos.close()
-
 
 
 class VideoCache:
@@ -249,8 +248,6 @@ def download(settings: FetchSettings, *, ids: Iterable[str] | None = None,
 
 def _csv_videos(csv: str | os.PathLike) -> tuple[list[str], dict[str, list[int]]]:
     """The distinct ids of ``csv`` in file order and the keyframe seconds each needs."""
-    from ava_keyframes.annotations import read_annotations
-
     annotations = read_annotations(csv)
     bad_ids = [str(r) for r in annotations.report if r.field == "video_id"]
     if bad_ids:
