@@ -4,9 +4,10 @@ A clip config stores its ``T`` clip frames either as ``T`` JPEGs (``clip_encodin
 "jpeg"``, a ``tfds.features.Video``) or, by default, as one H.264 stream (``"h264"``):
 libx264 from PyAV's wheel, 4:4:4 chroma (any frame size, odd widths included: clip frames
 are 455 px wide for 16:9 films), one intra frame then P frames (``g`` = the clip length, no
-B-frames), ``crf`` 14, preset ``superfast``. Measured in ``benchmarks/build_clips.py``: a
-32 x 2 clip of 720p film takes 0.20x the bytes of its JPEG q95 frames (8 x 8: 0.28x) at a
-PSNR against the source within 1 dB of theirs (frame stamps survive: ``stamp.py``).
+B-frames), ``crf`` 18 with ``tune`` psnr, preset ``superfast``. Measured in
+``benchmarks/build_clips.py``: a 32 x 2 clip takes 0.16x (720p film) to 0.19x (synthetic
+corpus) the bytes of its JPEG q95 frames (8 x 8: 0.25-0.27x) at a PSNR against the source
+within 1 dB of theirs (lowest per-clip margin -0.5 dB; frame stamps survive: ``stamp.py``).
 
 Reading: ``ds.map(clips.decode_clip, num_parallel_calls=...)`` turns the stored bytes into
 ``uint8 [T, H, W, 3]`` inside tf.data (PyAV decodes with the GIL released, so parallel
@@ -23,20 +24,24 @@ from typing import Any
 import av
 import numpy as np
 import tensorflow as tf
+from av.video.reformatter import VideoReformatter
 
 ENCODINGS = ("h264", "jpeg")
 """``clip_encoding`` values: one H.264 stream per clip, or one JPEG per clip frame."""
 
-X264_OPTIONS = {"crf": "14", "preset": "superfast", "bf": "0", "threads": "1"}
+X264_OPTIONS = {"crf": "18", "tune": "psnr", "preset": "superfast", "bf": "0", "threads": "1"}
 """libx264 settings, chosen by measurement (``benchmarks/README.md``, ``build_clips.py``):
-crf 14 keeps the PSNR within 1 dB of JPEG q95 on the synthetic corpus' noisy texture;
-one thread: a clip's 8-32 small frames gave x264's frame threads no clear gain here."""
+``tune`` psnr (no psycho-visual tuning: it spends bits on what PSNR does not reward) and
+crf 18 keep every measured clip within 1 dB of JPEG q95 (crf 19 fell 1.2 dB below it on a
+film 8 x 8 clip) at 0.16-0.19x its bytes at 32 x 2; ``superfast``: ``ultrafast`` doubles the
+bytes, ``veryfast`` encodes slower for a few percent; one thread: a clip's 8-32 small frames
+gave x264's frame threads no clear gain here."""
 
 VERSION = "3.0.0"
 """The version of the clip configs (``v2.2`` and ``v2.1`` stay at the builder's)."""
 RELEASE_NOTES = {
     "3.0.0": "clip configs: clip_encoding, by default \"h264\": each clip one short H.264 "
-             "stream (0.2-0.3x the bytes of JPEG frames), decoded by ava_keyframes.clips; "
+             "stream (0.16-0.27x the bytes of JPEG frames), decoded by ava_keyframes.clips; "
              "\"jpeg\" keeps the JPEG frames of 2.0.0.",
 }
 
@@ -61,17 +66,21 @@ def encode(frames: np.ndarray) -> bytes:
 
 def decode_bytes(data: bytes) -> np.ndarray:
     """One stored H.264 clip -> ``uint8 [T, H, W, 3]`` RGB; ValueError for bytes that are
-    not one."""
+    not one. The raw stream goes straight to the decoder (no container to probe), and one
+    scaler converts every frame (a scaler per frame would cost as much as the decoding)."""
     try:
-        with av.open(io.BytesIO(data), format="h264") as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "NONE"  # parallelism comes from tf.data's parallel calls
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    except (av.FFmpegError, IndexError) as error:
+        context = av.CodecContext.create("h264", "r")
+        context.thread_type = "NONE"  # parallelism comes from tf.data's parallel calls
+        scaler, frames = VideoReformatter(), []
+        for packet in [*context.parse(data), *context.parse(b"")]:  # b"": the parser's last
+            frames += context.decode(packet)
+        frames += context.decode(None)
+        rgb = [scaler.reformat(frame, format="rgb24").to_ndarray() for frame in frames]
+    except av.FFmpegError as error:
         raise ValueError(f"not an H.264 clip ({len(data)} bytes): {error}") from None
-    if not frames:
+    if not rgb:
         raise ValueError(f"not an H.264 clip ({len(data)} bytes): no frame decoded")
-    return np.stack(frames)
+    return np.stack(rgb)
 
 
 def decode(data: tf.Tensor, length: int | None = None) -> tf.Tensor:

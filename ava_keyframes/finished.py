@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ava_keyframes import clips
 from ava_keyframes.cache import CacheDir, CacheError, check_regular, open_file
@@ -41,6 +41,9 @@ from ava_keyframes.plan import VideoJob, VideoWork
 from ava_keyframes.sources import FetchResult
 
 _FORMAT = "ava-keyframes-finished-1"
+ENCODE_THREADS = max(1, (os.cpu_count() or 2) // 2)
+"""Threads that JPEG- and H.264-encode a video's frames while the next ones decode (libjpeg
+and libx264 run without the GIL); decoding keeps the other cores (``media.THREADS``)."""
 _TRAILER_BYTES = 8
 
 
@@ -105,27 +108,13 @@ class FinishedStore:
     def _store(self, path: Path, job: VideoJob, fetched: FetchResult, work: VideoWork,
                encode: Callable[[Any], bytes]) -> None:
         CacheDir(self.folder.parent.parent).folder(self.folder)
-        index, error = [], None
         try:
             fd, temp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.")
         except OSError as failure:
             raise CacheError(f"{self.folder}: cannot store finished videos ({failure})") from None
         try:
             with os.fdopen(fd, "wb") as body:
-                try:
-                    for second, frame, clip in work.extract(job, fetched):
-                        blobs = [encode(frame)]
-                        if clip is not None:
-                            blobs += ([encode(image) for image in clip.frames]
-                                      if work.clip_encoding == "jpeg"
-                                      else [clips.encode(clip.frames)])
-                        for blob in blobs:
-                            body.write(blob)
-                        index.append([second, frame.shape[1], frame.shape[0],
-                                      clip.padded if clip is not None else 0,
-                                      [len(blob) for blob in blobs]])
-                except KeyframeError as failure:  # the frames before it are kept
-                    error = str(failure)
+                index, error = _write_frames(body, job, fetched, work, encode)
                 trailer = json.dumps({"format": _FORMAT, "error": error, "frames": index})
                 body.write(trailer.encode())
                 body.write(len(trailer.encode()).to_bytes(_TRAILER_BYTES, "big"))
@@ -140,6 +129,46 @@ class FinishedStore:
             raise CacheError(f"{self.folder}: a symbolic link in the video cache, refused")
         if os.path.isdir(self.folder):
             shutil.rmtree(self.folder)
+
+
+def _write_frames(body: BinaryIO, job: VideoJob, fetched: FetchResult, work: VideoWork,
+                  encode: Callable[[Any], bytes]) -> tuple[list[list[Any]], str | None]:
+    """Decode the video's keyframes (and clips) in this thread, encode them in
+    ``ENCODE_THREADS`` others, and write their blobs to ``body`` in order: the index, and
+    the message of a KeyframeError that ended decoding early (the frames before it kept)."""
+    index: list[list[Any]] = []
+    pending: deque = deque()
+
+    def write_first() -> None:
+        second, (height, width), padded, blobs = pending.popleft()
+        blobs = blobs.result()
+        for blob in blobs:
+            body.write(blob)
+        index.append([second, width, height, padded, [len(blob) for blob in blobs]])
+
+    error = None
+    with ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="ava-encode") as pool:
+        try:
+            for second, frame, clip in work.extract(job, fetched):
+                pending.append((second, frame.shape[:2], clip.padded if clip is not None else 0,
+                                pool.submit(_encoded, frame, clip, encode, work.clip_encoding)))
+                if len(pending) > 2 * ENCODE_THREADS:
+                    write_first()
+        except KeyframeError as failure:  # the frames before it are kept
+            error = str(failure)
+        while pending:
+            write_first()
+    return index, error
+
+
+def _encoded(frame: Any, clip: Any, encode: Callable[[Any], bytes], clip_encoding: str
+             ) -> list[bytes]:
+    """A keyframe's blobs: its JPEG, then its clip's frames' JPEGs or its one H.264 stream."""
+    blobs = [encode(frame)]
+    if clip is not None:
+        blobs += ([encode(image) for image in clip.frames] if clip_encoding == "jpeg"
+                  else [clips.encode(clip.frames)])
+    return blobs
 
 
 def _read(path: Path) -> FinishedVideo:
