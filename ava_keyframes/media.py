@@ -103,13 +103,18 @@ class Video:
 
     @property
     def declared_end(self) -> Fraction | None:
-        """The end of the video stream as the file's header declares it, if it does."""
+        """The end of the video stream as the file's header declares it, if it does. A
+        Matroska/WebM header's duration runs from the segment's time zero, so it is the end
+        itself whatever the first timestamp (a window cut from a movie starts late); other
+        formats' durations count from the start."""
         stream, container = self._stream, self._container
         if stream.duration is not None and stream.start_time is not None:
             return (stream.start_time + stream.duration) * self._time_base
         if container.duration is None:
             return None
-        return Fraction(container.duration + (container.start_time or 0), av.time_base)
+        from_zero = container.format.name.startswith("matroska")
+        start = 0 if from_zero else container.start_time or 0
+        return Fraction(container.duration + start, av.time_base)
 
     def ends_early(self, last: Fraction | None) -> bool:
         """Whether a video whose last frame (or packet) shows at ``last`` ends more than a

@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/finetune.py [--out DIR] [--epochs 12]
 
-1. The demo's corpus and model (`detector.demo`'s settings and seed): a synthetic AVA corpus
-   built with `tfds build` (videos from a loopback mirror), and a model trained on it for the
-   demo's epochs; its held-out mAP is the bar to reach.
+1. A corpus of the colour world (`ava_keyframes.synth.make_corpus`, the demo's sizes and
+   seed; the demo itself now runs the AVA-shaped world) built with `tfds build` (videos
+   from a loopback mirror), and a model trained on it with the demo's settings and epochs;
+   its held-out mAP is the bar to reach.
 2. A second corpus with another seed (other videos, people, places and actions), built the
    same way.
 3. On the second corpus, in this run and with the same settings, seeds and epochs: training

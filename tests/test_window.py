@@ -20,7 +20,7 @@ from loopback import LoopbackServer
 from ava_keyframes import cli
 from ava_keyframes.cache import CacheError
 from ava_keyframes.frames import MissingKeyframes, extract_keyframes
-from ava_keyframes.media import ffmpeg_binary
+from ava_keyframes.media import check_video, ffmpeg_binary
 from ava_keyframes.remote import Limits, NoRanges, Remote, RemoteError
 from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sidecar import read_window, sidecar_path
@@ -247,10 +247,14 @@ def test_a_sidecar_that_does_not_match_its_file_is_ignored(tmp_path, server, vid
     assert server.requests and read_window(again.path) is not None
 
 
-def test_seconds_past_the_end_give_a_window_to_the_end(tmp_path, server, videos):
-    video = videos["mp4"]
+@pytest.mark.parametrize("kind", ["mp4", "mkv"])
+def test_seconds_past_the_end_give_a_window_to_the_end(tmp_path, server, videos, kind):
+    video = videos[kind]
     window = fetch(server, video, [110, 150], tmp_path)
     assert window.end is None
+    # checked to its end as the cache checks it: a Matroska header's duration counts from
+    # the segment's zero, not from the window's first cluster
+    check_video(window.path, until=None, origin=window.origin)
     # 119 s lies after the last key frame (118.1 s): the window holds the video's end
     assert_same_frames(keyframes(window.path, [110, 119], window.origin),
                        keyframes(video, [110, 119]))
