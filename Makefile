@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 OTHER_PYTHONS := 3.12 3.13
 CI_LOWEST := 3.12
 CKSUM := $(shell cat pyproject.toml .ci/constraints-lowest.txt | cksum | cut -d' ' -f1)
+# Tests run on 2 workers (pytest-xdist), each test module on one worker (its module fixtures
+# made once). PYTEST_WORKERS=0: in process.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS := -q -n $(PYTEST_WORKERS) --dist loadfile
 
 .PRECIOUS: .venv-%/.installed-$(CKSUM)
 .PHONY: setup demo test test-full test-fast test-fast-% bench lint clean
@@ -29,7 +33,7 @@ demo: $(STAMP)
 test: test-full $(addprefix test-fast-,$(OTHER_PYTHONS))
 
 test-full: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 .venv-%/.installed-$(CKSUM): pyproject.toml .ci/constraints-lowest.txt
 	python=$$(.ci/find-python $*) && { test -x .venv-$*/bin/python || $$python -m venv .venv-$*; }
@@ -42,10 +46,10 @@ test-full: $(STAMP)
 test-fast-%: .venv-%/.installed-$(CKSUM)
 	@echo "== fast suite on $$(.venv-$*/bin/python -c 'import sys, av, tensorflow as tf; \
 	  print(sys.version.split()[0], "av", av.__version__, "tensorflow", tf.__version__)')"
-	.venv-$*/bin/pytest -q -m "not slow"
+	.venv-$*/bin/pytest $(PYTEST_ARGS) -m "not slow"
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest $(PYTEST_ARGS) -m "not slow"
 
 bench: $(STAMP)
 	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
