@@ -51,14 +51,19 @@ def _print_last() -> None:
     _LAST.clear()
 
 
+# The counts come first and the time last, so that on a narrow terminal (80 columns) it is the
+# bar and the time that are cut, never what was done.
+_BAR_FORMAT = "{desc}: {n_fmt}/{total_fmt} videos{postfix} |{bar}| {elapsed}<{remaining}"
+
+
 class VideoProgress:
     """Progress of one split's generation, one video at a time."""
 
     def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
         self.label, self.total, self.stream = label, total, stream or sys.stdout
         self.done = self.keyframes = self.bytes = 0
-        self._bar = (tqdm(total=total, desc=label, unit="video", file=self.stream,
-                          dynamic_ncols=True) if self.stream.isatty() else None)
+        self._bar = (tqdm(total=total, desc=label, file=self.stream, dynamic_ncols=True,
+                          bar_format=_BAR_FORMAT) if self.stream.isatty() else None)
 
     def update(self, outcome: VideoOutcome) -> None:
         """Count ``outcome``'s video as done."""

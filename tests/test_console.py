@@ -4,14 +4,30 @@ otherwise) and the summary of what is missing."""
 from __future__ import annotations
 
 import io
+import os
+
+import pytest
 
 from ava_keyframes import console
 from ava_keyframes.plan import VideoOutcome
 
 
 class _Terminal(io.StringIO):
+    """A terminal's stream; its file descriptor (/dev/null's) is only asked for its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._null = open(os.devnull, "w")  # noqa: SIM115 - closed with the stream
+
     def isatty(self) -> bool:
         return True
+
+    def fileno(self) -> int:
+        return self._null.fileno()
+
+    def close(self) -> None:
+        self._null.close()
+        super().close()
 
 
 def _outcomes() -> list[VideoOutcome]:
@@ -34,15 +50,25 @@ def test_progress_is_one_plain_line_per_video_when_not_a_terminal():
     assert "\r" not in stream.getvalue() and "\x1b" not in stream.getvalue()
 
 
-def test_progress_is_a_bar_with_videos_keyframes_and_bytes_on_a_terminal():
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_progress_is_a_bar_with_videos_keyframes_and_bytes_on_a_terminal(monkeypatch, columns):
+    # A terminal `columns` wide as tqdm measures it: os.get_terminal_size of its descriptor, or
+    # (tqdm 4.66) COLUMNS and LINES when the ioctl on it fails
+    size = os.terminal_size((int(columns), 24))
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: size)
+    monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.setenv("LINES", "24")
     stream = _Terminal()
     progress = console.VideoProgress("ava_keyframes/v2.2/2.0.0 train", 2, stream)
     for outcome in _outcomes():
         progress.update(outcome)
     progress.close()
-    last = stream.getvalue().split("\r")[-1]
-    assert "\r" in stream.getvalue() and "video 1/2" not in stream.getvalue()
-    assert "2/2" in last and "3 keyframes, 2.0 MB fetched" in last
+    shown = stream.getvalue()
+    stream.close()
+    last = shown.split("\r")[-1]
+    assert "\r" in shown and "video 1/2" not in shown
+    assert "2/2 videos, 3 keyframes, 2.0 MB fetched" in last
+    assert len(last.rstrip("\n")) <= int(columns)
 
 
 def test_summary_outside_tfds_build_is_printed_at_once(capsys):
