@@ -50,13 +50,13 @@ def test_progress_is_one_plain_line_per_video_when_not_a_terminal():
     assert "\r" not in stream.getvalue() and "\x1b" not in stream.getvalue()
 
 
-@pytest.mark.parametrize("columns", ["80", "200"])
+@pytest.mark.parametrize("columns", [80, 200])
 def test_progress_is_a_bar_with_videos_keyframes_and_bytes_on_a_terminal(monkeypatch, columns):
     # A terminal `columns` wide as tqdm measures it: os.get_terminal_size of its descriptor, or
     # (tqdm 4.66) COLUMNS and LINES when the ioctl on it fails
-    size = os.terminal_size((int(columns), 24))
+    size = os.terminal_size((columns, 24))
     monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: size)
-    monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.setenv("COLUMNS", str(columns))
     monkeypatch.setenv("LINES", "24")
     stream = _Terminal()
     progress = console.VideoProgress("ava_keyframes/v2.2/2.0.0 train", 2, stream)
@@ -68,7 +68,7 @@ def test_progress_is_a_bar_with_videos_keyframes_and_bytes_on_a_terminal(monkeyp
     last = shown.split("\r")[-1]
     assert "\r" in shown and "video 1/2" not in shown
     assert "2/2 videos, 3 keyframes, 2.0 MB fetched" in last
-    assert len(last.rstrip("\n")) <= int(columns)
+    assert len(last.rstrip("\n")) <= columns
 
 
 def test_summary_outside_tfds_build_is_printed_at_once(capsys):
