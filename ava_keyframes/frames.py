@@ -298,10 +298,10 @@ def _round_half_up(value: Fraction) -> int:
 def to_rgb(frame: av.VideoFrame, max_side: int | None = None,
            size: tuple[int, int] | None = None, scaler: str = KEYFRAME_SCALER) -> np.ndarray:
     """The frame as an H x W x 3 uint8 RGB array, at ``size`` or fitted to ``max_side``.
-    One thread: swscale's own threads cost more than they give on frames this small."""
+    One swscale thread (more cost more than they give here); contexts kept per thread."""
     width, height = size or fitted_size(frame.width, frame.height, max_side)
-    return frame.to_ndarray(format="rgb24", width=width, height=height,
-                            interpolation=scaler, threads=1)
+    return media.reformatter(scaler).reformat(frame, format="rgb24", width=width, height=height,
+                                              interpolation=scaler, threads=1).to_ndarray()
 
 
 def open_video(path: str | os.PathLike) -> Video:

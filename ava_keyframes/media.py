@@ -15,12 +15,14 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 
 # PyAV before 19 decodes metadata strings strictly unless told otherwise (a movie with a
 # non-UTF-8 title would not open); PyAV 19 dropped the argument and always replaces.
@@ -39,6 +41,20 @@ REORDER = 16
 
 LOOKAHEAD = REORDER
 """Packets held back to estimate each frame's predecessor in time."""
+
+
+_REFORMATTERS = threading.local()
+
+
+def reformatter(key: str) -> VideoReformatter:
+    """This thread's swscale context for ``key`` (a scaler's name), kept between frames:
+    making one per frame cost as much as scaling a 455x256 clip frame (2.2 ms against 1.0 ms
+    a frame). One per thread, as a context must not be shared between threads."""
+    found = getattr(_REFORMATTERS, key, None)
+    if found is None:
+        found = VideoReformatter()
+        setattr(_REFORMATTERS, key, found)
+    return found
 
 
 class VideoError(Exception):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import itertools
+import threading
 import tracemalloc
 from fractions import Fraction
 from pathlib import Path
@@ -11,7 +13,15 @@ import av
 import numpy as np
 import pytest
 
-from ava_keyframes.frames import MissingKeyframes, extract_clips, extract_keyframes
+from ava_keyframes import media
+from ava_keyframes.frames import (
+    CLIP_SCALER,
+    KEYFRAME_SCALER,
+    MissingKeyframes,
+    extract_clips,
+    extract_keyframes,
+    to_rgb,
+)
 from ava_keyframes.media import Video
 from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
 
@@ -86,6 +96,25 @@ def test_clip_frames_are_resized_by_their_shorter_side(videos):
     (large,) = extract_clips(path, [2], length=4, stride=4, clip_short_side=240)
     assert large.frames.shape == (4, 240, 320, 3)
     assert [read_frame_stamp(f) for f in large.frames] == expected_clip(times, 2, 4, 4)[0]
+
+
+def test_frames_are_scaled_by_one_context_per_thread(videos):
+    """Each thread keeps one swscale context per scaler between frames (a new context per
+    frame cost as much again as the scaling), and its frames equal a fresh context's."""
+    with av.open(str(videos[KINDS[0]])) as container:
+        frames = list(itertools.islice(container.decode(video=0), 3))
+    for frame in frames:
+        fresh = frame.to_ndarray(format="rgb24", width=85, height=64,
+                                 interpolation=CLIP_SCALER, threads=1)
+        assert np.array_equal(to_rgb(frame, size=(85, 64), scaler=CLIP_SCALER), fresh)
+    kept = media.reformatter(CLIP_SCALER)
+    assert media.reformatter(CLIP_SCALER) is kept
+    assert media.reformatter(KEYFRAME_SCALER) is not kept
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(media.reformatter(CLIP_SCALER)))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not kept
 
 
 def test_clips_stream_out_in_one_pass(videos, monkeypatch):
