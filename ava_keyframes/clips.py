@@ -3,11 +3,11 @@
 A clip config stores its ``T`` clip frames either as ``T`` JPEGs (``clip_encoding:
 "jpeg"``, a ``tfds.features.Video``) or, by default, as one H.264 stream (``"h264"``):
 libx264 from PyAV's wheel, 4:4:4 chroma (any frame size, odd widths included: clip frames
-are 455 px wide for 16:9 films), one intra frame then P frames (``g`` = the clip length, no
-B-frames), ``crf`` 18 with ``tune`` psnr, preset ``superfast``. Measured in
-``benchmarks/build_clips.py``: a 32 x 2 clip takes 0.16x (720p film) to 0.19x (synthetic
-corpus) the bytes of its JPEG q95 frames (8 x 8: 0.25-0.27x) at a PSNR against the source
-within 1 dB of theirs (lowest per-clip margin -0.5 dB; frame stamps survive: ``stamp.py``).
+are 455 px wide for 16:9 films), one intra frame then P and B frames (``g`` = the clip
+length), CAVLC entropy coding, ``crf`` 17.5 with ``tune`` psnr, preset ``superfast``.
+Measured in ``benchmarks/build_clips.py``: a 32 x 2 clip takes about 0.18x (720p film and
+synthetic corpus) the bytes of its JPEG q95 frames (8 x 8: 0.26-0.30x) at a PSNR against the
+source within 1 dB of theirs (frame stamps survive: ``stamp.py``).
 
 Reading: ``ds.map(clips.decode_clip, num_parallel_calls=...)`` turns the stored bytes into
 ``uint8 [T, H, W, 3]`` inside tf.data (PyAV decodes with the GIL released, so parallel
@@ -29,13 +29,15 @@ from av.video.reformatter import VideoReformatter
 ENCODINGS = ("h264", "jpeg")
 """``clip_encoding`` values: one H.264 stream per clip, or one JPEG per clip frame."""
 
-X264_OPTIONS = {"crf": "18", "tune": "psnr", "preset": "superfast", "bf": "0", "threads": "1"}
+X264_OPTIONS = {"crf": "17.5", "tune": "psnr", "preset": "superfast", "bf": "2",
+                "x264-params": "cabac=0", "threads": "1"}
 """libx264 settings, chosen by measurement (``benchmarks/README.md``, ``build_clips.py``):
-``tune`` psnr (no psycho-visual tuning: it spends bits on what PSNR does not reward) and
-crf 18 keep every measured clip within 1 dB of JPEG q95 (crf 19 fell 1.2 dB below it on a
-film 8 x 8 clip) at 0.16-0.19x its bytes at 32 x 2; ``superfast``: ``ultrafast`` doubles the
-bytes, ``veryfast`` encodes slower for a few percent; one thread: a clip's 8-32 small frames
-gave x264's frame threads no clear gain here."""
+``tune`` psnr (no psycho-visual tuning: it spends bits on what PSNR does not reward);
+CAVLC (``cabac=0``) decodes in about 0.6x the time of CABAC and encodes in 0.9x, for about
+15% more bytes, which two B-frames win back; crf 17.5 keeps every measured clip within 1 dB
+of JPEG q95 (with B-frames crf 18 left a film 8 x 8 clip at -0.85 dB); ``superfast``:
+``ultrafast`` doubles the bytes, ``veryfast`` encodes slower for a few percent; one thread:
+a clip's 8-32 small frames gave x264's frame threads no clear gain here."""
 
 VERSION = "3.0.0"
 """The version of the clip configs (``v2.2`` and ``v2.1`` stay at the builder's)."""
