@@ -24,7 +24,8 @@ from typing import Any
 import av
 import numpy as np
 import tensorflow as tf
-from av.video.reformatter import VideoReformatter
+
+from ava_keyframes import media
 
 ENCODINGS = ("h264", "jpeg")
 """``clip_encoding`` values: one H.264 stream per clip, or one JPEG per clip frame."""
@@ -69,11 +70,11 @@ def encode(frames: np.ndarray) -> bytes:
 def decode_bytes(data: bytes) -> np.ndarray:
     """One stored H.264 clip -> ``uint8 [T, H, W, 3]`` RGB; ValueError for bytes that are
     not one. The raw stream goes straight to the decoder (no container to probe), and one
-    scaler converts every frame (a scaler per frame would cost as much as the decoding)."""
+    scaler, this thread's (``media.reformatter``), converts every frame."""
     try:
         context = av.CodecContext.create("h264", "r")
         context.thread_type = "NONE"  # parallelism comes from tf.data's parallel calls
-        scaler, frames = VideoReformatter(), []
+        scaler, frames = media.reformatter("decode_clip"), []
         for packet in [*context.parse(data), *context.parse(b"")]:  # b"": the parser's last
             frames += context.decode(packet)
         frames += context.decode(None)

@@ -298,7 +298,7 @@ def _round_half_up(value: Fraction) -> int:
 def to_rgb(frame: av.VideoFrame, max_side: int | None = None,
            size: tuple[int, int] | None = None, scaler: str = KEYFRAME_SCALER) -> np.ndarray:
     """The frame as an H x W x 3 uint8 RGB array, at ``size`` or fitted to ``max_side``.
-    One swscale thread (more cost more than they give here); contexts kept per thread."""
+    Scaled on one thread (swscale's own cost more here) by this thread's kept context."""
     width, height = size or fitted_size(frame.width, frame.height, max_side)
     return media.reformatter(scaler).reformat(frame, format="rgb24", width=width, height=height,
                                               interpolation=scaler, threads=1).to_ndarray()

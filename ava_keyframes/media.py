@@ -47,9 +47,9 @@ _REFORMATTERS = threading.local()
 
 
 def reformatter(key: str) -> VideoReformatter:
-    """This thread's swscale context for ``key`` (a scaler's name), kept between frames:
-    making one per frame cost as much as scaling a 455x256 clip frame (2.2 ms against 1.0 ms
-    a frame). One per thread, as a context must not be shared between threads."""
+    """This thread's swscale context for ``key`` (its use: a scaler's name, or a caller's),
+    kept between frames: making one per frame cost as much as scaling a 455x256 clip frame
+    (2.2 ms against 1.0 ms a frame). One per thread, as a context must not be shared."""
     found = getattr(_REFORMATTERS, key, None)
     if found is None:
         found = VideoReformatter()
