@@ -274,16 +274,35 @@ def build_lock(root: str, name: str) -> Iterator[None]:
         os.close(fd)
 
 
-def tfds_build_args() -> tuple[Any, list[str]] | None:
-    """(parsed arguments, dataset names) of the ``tfds build`` command running this code
-    (TFDS's ``Args.execute`` is on the main thread's call stack: a helper thread, such as
-    the one fetching the next video, counts too), or None outside it."""
+@dataclasses.dataclass(frozen=True)
+class TfdsBuild:
+    """What the running ``tfds build`` command was asked for."""
+
+    config: str | None
+    """``--config``, or None."""
+    config_idx: int | None
+    """``--config_idx``, or None."""
+    datasets: list[str]
+    """The dataset names given (``name/config`` among them)."""
+
+
+def tfds_build_args() -> TfdsBuild | None:
+    """The ``tfds build`` command running this code, or None outside it: found by its
+    function on the main thread's call stack (so a helper thread, such as the one fetching
+    the next video, counts too). TFDS 4.9.10 runs ``Args.execute``, whose
+    ``self.generation`` holds the config options; 4.9.8 and 4.9.9 run
+    ``_build_datasets(args)``, with them on an argparse namespace."""
     build = sys.modules.get("tensorflow_datasets.scripts.cli.build")
-    execute = getattr(getattr(build, "Args", None), "execute", None)
+    runners = (getattr(getattr(build, "Args", None), "execute", None),
+               getattr(build, "_build_datasets", None))
+    codes = {runner.__code__ for runner in runners if runner is not None}
     frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None and execute is not None:
-        if frame.f_code is execute.__code__:
-            return frame.f_locals["self"], list(frame.f_locals.get("datasets") or [])
+    while frame is not None and codes:
+        if frame.f_code in codes:
+            local = frame.f_locals
+            options = local["self"].generation if "self" in local else local["args"]
+            return TfdsBuild(options.config, options.config_idx,
+                             list(local.get("datasets") or []))
         frame = frame.f_back
     return None
 
@@ -293,8 +312,5 @@ def tfds_builds_every_config() -> bool:
     ``name/config``: TFDS then builds each of BUILDER_CONFIGS in turn, and a config that
     cannot be built is skipped rather than fatal (the builder leaves clip configs out)."""
     found = tfds_build_args()
-    if found is None:
-        return False
-    args, datasets = found
-    return (args.generation.config is None and args.generation.config_idx is None
-            and not any("/" in name for name in datasets))
+    return (found is not None and found.config is None and found.config_idx is None
+            and not any("/" in name for name in found.datasets))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from builder_support import DATASET_FOLDER, LABELMAP, TFDS_CLI
+from builder_support import DATASET_FOLDER, LABELMAP, TFDS_CLI, UNREACHABLE_ANNOTATIONS
 
 from ava_keyframes import ava_keyframes_dataset_builder as builder_module
 from ava_keyframes import clips, plan
@@ -105,6 +105,23 @@ def test_tfds_build_with_an_empty_annotation_csv_is_one_line(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"ava_keyframes: error: {annotations / 'ava_train_v2.2.csv'}: empty file, no AVA rows")
+
+
+def test_plain_tfds_build_without_annotations_skips_each_config_in_one_line(tmp_path):
+    """Not slow: the fast suite runs it on the lowest TFDS allowed too, whose CLI differs."""
+    (tmp_path / "manual" / "annotations").mkdir(parents=True)
+    cmd = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes",
+           "--manual_dir", str(tmp_path / "manual"), "--data_dir", str(tmp_path / "data")]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,  # noqa: S603
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                 "AVA_KEYFRAMES_ANNOTATIONS_URL": UNREACHABLE_ANNOTATIONS})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    skipped = [line for line in result.stdout.splitlines() if ": skipped: no v" in line]
+    assert [line.split("/")[:2] for line in skipped] == [["ava_keyframes", "v2.2"],
+                                                         ["ava_keyframes", "v2.1"]]
+    assert "cannot be reached" in skipped[0] and "--config v2.1" in skipped[1]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "ava_keyframes: error: no config built: no annotations were found for any")
 
 
 def test_clip_options_are_validated():
