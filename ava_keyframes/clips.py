@@ -4,8 +4,10 @@ A clip config stores its ``T`` clip frames either as ``T`` JPEGs (``clip_encodin
 "jpeg"``, a ``tfds.features.Video``) or, by default, as one H.264 stream (``"h264"``):
 libx264 from PyAV's wheel, 4:4:4 chroma (any frame size, odd widths included: clip frames
 are 455 px wide for 16:9 films), one intra frame then P and B frames (``g`` = the clip
-length), CAVLC entropy coding, ``crf`` 17.5 with ``tune`` psnr, preset ``superfast``.
-Measured in ``benchmarks/build_clips.py``: a 32 x 2 clip takes about 0.18x (720p film and
+length; no B-frame is a reference), CAVLC entropy coding, ``crf`` 17.5 with ``tune`` psnr,
+preset ``superfast``. The build hands the encoder Y, Cb, Cr planes (``pixels.to_planes``),
+most sources' own samples scaled, never converted to RGB and back.
+Measured in ``benchmarks/build_clips.py``: a 32 x 2 clip takes 0.14-0.18x (720p film and
 synthetic corpus) the bytes of its JPEG q95 frames (8 x 8: 0.26-0.30x) at a PSNR against the
 source within 1 dB of theirs (frame stamps survive: ``stamp.py``).
 
@@ -31,12 +33,14 @@ ENCODINGS = ("h264", "jpeg")
 """``clip_encoding`` values: one H.264 stream per clip, or one JPEG per clip frame."""
 
 X264_OPTIONS = {"crf": "17.5", "tune": "psnr", "preset": "superfast", "bf": "2",
-                "x264-params": "cabac=0", "threads": "1"}
+                "x264-params": "cabac=0:b-pyramid=none", "threads": "1"}
 """libx264 settings, chosen by measurement (``benchmarks/README.md``, ``build_clips.py``):
 ``tune`` psnr (no psycho-visual tuning: it spends bits on what PSNR does not reward);
 CAVLC (``cabac=0``) decodes in about 0.6x the time of CABAC and encodes in 0.9x, for about
 15% more bytes, which two B-frames win back; crf 17.5 keeps every measured clip within 1 dB
-of JPEG q95 (with B-frames crf 18 left a film 8 x 8 clip at -0.85 dB); ``superfast``:
+of JPEG q95 (with B-frames crf 18 left a film 8 x 8 clip at -0.85 dB); ``b-pyramid``
+none (the middle one of two B-frames is no reference) encodes in about 0.93x the time for
+the same bytes, at most 0.1 dB lower; ``superfast``:
 ``ultrafast`` doubles the bytes, ``veryfast`` encodes slower for a few percent; one thread:
 a clip's 8-32 small frames gave x264's frame threads no clear gain here."""
 
@@ -51,18 +55,19 @@ RELEASE_NOTES = {
 _RATE = 30  # nominal: a clip's frames carry no times, only their order
 
 
-def encode(frames: np.ndarray) -> bytes:
-    """``uint8 [T, H, W, 3]`` RGB frames -> one raw H.264 stream (Annex B) of ``T`` frames."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"clip frames must be uint8 [T, H, W, 3], not {frames.dtype} "
-                         f"{list(frames.shape)}")
+def encode(planes: np.ndarray) -> bytes:
+    """``uint8 [T, 3, H, W]`` Y, Cb, Cr planes (BT.601, limited range: ``extract_clips(...,
+    planar=True)``) -> one raw H.264 stream (Annex B) of ``T`` frames."""
+    if planes.ndim != 4 or planes.shape[1] != 3 or planes.dtype != np.uint8:
+        raise ValueError(f"clip planes must be uint8 [T, 3, H, W], not {planes.dtype} "
+                         f"{list(planes.shape)}")
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="h264") as container:
         stream = container.add_stream("libx264", rate=_RATE)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
-        stream.options = {**X264_OPTIONS, "g": str(len(frames))}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        stream.width, stream.height, stream.pix_fmt = planes.shape[3], planes.shape[2], "yuv444p"
+        stream.options = {**X264_OPTIONS, "g": str(len(planes))}
+        for plane in planes:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(plane, format="yuv444p")))
         container.mux(stream.encode())
     return buffer.getvalue()
 

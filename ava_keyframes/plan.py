@@ -106,7 +106,8 @@ class VideoWork:
         length, stride, short_side = self.clip
         for clip in extract_clips(fetched.path, job.seconds, length=length, stride=stride,
                                   clip_short_side=short_side, max_side=self.max_side,
-                                  origin=fetched.origin, to_end=fetched.to_end):
+                                  origin=fetched.origin, to_end=fetched.to_end,
+                                  planar=self.clip_encoding == "h264"):
             yield clip.second, clip.keyframe, clip
 
 

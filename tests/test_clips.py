@@ -22,32 +22,49 @@ SHORT_SIDE = 103  # 183 x 103: odd sizes, as 455 x 256 clip frames of 16:9 films
 
 
 @pytest.fixture(scope="module")
-def source_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], list]:
+def stamped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("clips") / "stamped.mp4"
     write_stamped_video(path, duration=3.0, fps=30, size=(320, 180))
-    return {(length, stride): list(extract_clips(Path(path), SECONDS, length=length,
-                                                 stride=stride, clip_short_side=SHORT_SIDE))
+    return Path(path)
+
+
+def _clips(path: Path, planar: bool) -> dict[tuple[int, int], list]:
+    return {(length, stride): list(extract_clips(path, SECONDS, length=length, stride=stride,
+                                                 clip_short_side=SHORT_SIDE, planar=planar))
             for length, stride in ((8, 8), (32, 2))}
 
 
+@pytest.fixture(scope="module")
+def source_clips(stamped: Path) -> dict[tuple[int, int], list]:
+    """RGB clips: the source's frames as the reference."""
+    return _clips(stamped, planar=False)
+
+
+@pytest.fixture(scope="module")
+def encoded(stamped: Path) -> dict[tuple[int, int], list[bytes]]:
+    """The same clips as the H.264 build stores them (from planar clip frames)."""
+    return {shape: [clips.encode(clip.frames) for clip in planar]
+            for shape, planar in _clips(stamped, planar=True).items()}
+
+
 @pytest.mark.parametrize("shape", [(8, 8), (32, 2)])
-def test_every_decoded_frame_is_the_frame_extracted(source_clips, shape):
+def test_every_decoded_frame_is_the_frame_extracted(source_clips, encoded, shape):
     padded = 0
-    for clip in source_clips[shape]:
-        decoded = clips.decode_bytes(clips.encode(clip.frames))
+    for clip, stream in zip(source_clips[shape], encoded[shape], strict=True):
+        decoded = clips.decode_bytes(stream)
         assert decoded.shape == clip.frames.shape == (shape[0], 103, 183, 3)
         assert [read_frame_stamp(f) for f in decoded] == [read_frame_stamp(f)
                                                           for f in clip.frames]
         padded += clip.padded
-    stamps = [read_frame_stamp(f) for f in clips.decode_bytes(
-        clips.encode(source_clips[shape][0].frames))]
+    stamps = [read_frame_stamp(f) for f in clips.decode_bytes(encoded[shape][0])]
     assert stamps[0] == 0 and padded > 0  # padding repeats frame 0, and is still counted
 
 
-def test_quality_within_1_db_of_jpeg_q95_clips(source_clips):
+def test_quality_within_1_db_of_jpeg_q95_clips(source_clips, encoded):
     jpeg = tfds.features.Video(shape=(None, None, None, 3), encoding_format="jpeg")
-    for clip in source_clips[(32, 2)] + source_clips[(8, 8)]:
-        h264 = clips.psnr(clips.decode_bytes(clips.encode(clip.frames)), clip.frames)
+    for clip, stream in zip(source_clips[(32, 2)] + source_clips[(8, 8)],
+                            encoded[(32, 2)] + encoded[(8, 8)], strict=True):
+        h264 = clips.psnr(clips.decode_bytes(stream), clip.frames)
         from_jpeg = np.stack([tf.io.decode_jpeg(data).numpy()
                               for data in jpeg.encode_example(clip.frames)])
         assert h264 >= clips.psnr(from_jpeg, clip.frames) - 1.0, clip.second
@@ -55,29 +72,30 @@ def test_quality_within_1_db_of_jpeg_q95_clips(source_clips):
                             # must not drag it down
 
 
-def test_clip_bytes_are_a_fraction_of_jpeg_frames(source_clips):
+def test_clip_bytes_are_a_fraction_of_jpeg_frames(source_clips, encoded):
     jpeg = tfds.features.Video(shape=(None, None, None, 3), encoding_format="jpeg")
-    for clip in source_clips[(32, 2)]:
+    for clip, stream in zip(source_clips[(32, 2)], encoded[(32, 2)], strict=True):
         jpeg_bytes = sum(len(data) for data in jpeg.encode_example(clip.frames))
-        assert len(clips.encode(clip.frames)) < 0.3 * jpeg_bytes
+        assert len(stream) < 0.3 * jpeg_bytes
 
 
-def _stored(spec, clip, encoding: str = "h264") -> EncodedFrame:
-    """``clip`` as the finished store keeps it: JPEG keyframe, clip as ``encoding`` says."""
+def _stored(spec, clip, stream: bytes | None = None) -> EncodedFrame:
+    """``clip`` as the finished store keeps it: JPEG keyframe, and its H.264 ``stream`` or
+    (None) its frames' JPEGs."""
     encode = spec["image"].encode_example
-    frames = ([encode(frame) for frame in clip.frames] if encoding == "jpeg"
-              else [clips.encode(clip.frames)])
+    frames = [encode(frame) for frame in clip.frames] if stream is None else [stream]
     height, width = clip.keyframe.shape[:2]
     return EncodedFrame(int(clip.second), encode(clip.keyframe), width, height, frames,
                         clip.padded)
 
 
-def test_stored_clips_decode_in_a_parallel_padded_batch_pipeline(source_clips):
+def test_stored_clips_decode_in_a_parallel_padded_batch_pipeline(source_clips, encoded):
     names = read_labelmap(default_labelmap_path()).names
     spec = features.keyframe_features(names, clip_length=8)
     labelmap = read_labelmap(default_labelmap_path())
-    stored = [spec.serialize_example(features.example("v", [], _stored(spec, clip), labelmap))
-              for clip in source_clips[(8, 8)]]
+    stored = [spec.serialize_example(features.example("v", [], _stored(spec, clip, stream),
+                                                      labelmap))
+              for clip, stream in zip(source_clips[(8, 8)], encoded[(8, 8)], strict=True)]
     ds = tf.data.Dataset.from_tensor_slices(stored).map(spec.deserialize_example)
     assert ds.element_spec["clip"].dtype == tf.string
     ds = ds.map(functools.partial(clips.decode_clip, length=8), num_parallel_calls=2)
@@ -99,7 +117,7 @@ def test_jpeg_clip_configs_store_and_read_frames_as_before(source_clips):
     spec = features.keyframe_features(names, clip_length=8, clip_encoding="jpeg")
     clip = source_clips[(8, 8)][1]
     stored = spec.serialize_example(features.example(
-        "v", [], _stored(spec, clip, "jpeg"), read_labelmap(default_labelmap_path()), "jpeg"))
+        "v", [], _stored(spec, clip), read_labelmap(default_labelmap_path()), "jpeg"))
     example = spec.deserialize_example(tf.constant(stored))
     assert clips.decode_clip(example)["clip"] is example["clip"]  # already frames
     keyframe_only = {"image": example["image"]}
@@ -112,5 +130,5 @@ def test_jpeg_clip_configs_store_and_read_frames_as_before(source_clips):
 def test_bytes_that_are_not_a_clip_are_one_line_errors():
     with pytest.raises(ValueError, match=r"^not an H.264 clip \(5 bytes\)"):
         clips.decode_bytes(b"junk!")
-    with pytest.raises(ValueError, match=r"clip frames must be uint8 \[T, H, W, 3\]"):
+    with pytest.raises(ValueError, match=r"clip planes must be uint8 \[T, 3, H, W\]"):
         clips.encode(np.zeros((4, 8, 8), np.uint8))

@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 
 from ava_keyframes import media
-from ava_keyframes.frames import (
-    CLIP_SCALER,
-    KEYFRAME_SCALER,
-    MissingKeyframes,
-    extract_clips,
-    extract_keyframes,
-    to_rgb,
-)
+from ava_keyframes.frames import MissingKeyframes, extract_clips, extract_keyframes
 from ava_keyframes.media import Video
+from ava_keyframes.pixels import CLIP_SCALER, KEYFRAME_SCALER, to_rgb
 from ava_keyframes.stamp import read_frame_stamp, write_stamped_video
 
 SIZE = (160, 120)
