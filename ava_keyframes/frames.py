@@ -147,7 +147,8 @@ def extract_clips(
     :func:`extract_keyframes`; so is ``MissingKeyframes``, raised at the end for seconds
     whose keyframe or clip this file cannot give whole (a window too short, a corrupt or
     truncated file). Memory holds the clips in flight, never the video. ``planar``: clip
-    frames as the planes ``clips.encode`` takes, which most sources give 4x faster than RGB.
+    frames as the planes ``clips.encode`` takes, which most sources give 3-4x faster than
+    RGB (``pixels.to_planes``).
     """
     wanted = sorted_unique(seconds)
     check_max_side(max_side)

@@ -170,15 +170,15 @@ def run_child(*args: str, prefix: tuple[str, ...] = ()) -> dict:
 
 def measure(manual: Path, work: Path, repeat: int) -> dict[str, dict]:
     best: dict[str, dict] = {}
+    rounds: dict[str, list[float]] = {config: [] for config in CONFIGS}
     for _ in range(repeat):
         for config in CONFIGS:
             shutil.rmtree(work / config, ignore_errors=True)
             got = run_child("--child", config, str(manual), str(work / config))
-            rounds = [*best.get(config, {}).get("rounds", []), got["seconds"]]
+            rounds[config].append(got["seconds"])
             if config not in best or got["seconds"] < best[config]["seconds"]:
                 best[config] = {**got, "peak_kib": max(got["maxrss_kib"], best.get(
-                    config, {}).get("peak_kib", 0))}
-            best[config]["rounds"] = rounds
+                    config, {}).get("peak_kib", 0)), "rounds": rounds[config]}
     for config in CONFIGS[1:]:  # the last round's builds, read back
         for cores in (1, 2):
             pin = ("taskset", "-c", ",".join(map(str, range(cores))))
