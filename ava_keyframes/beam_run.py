@@ -145,22 +145,29 @@ def mark_started(data_dir: str) -> None:
 
 class StartWatch:
     """Ends the launching side's wait when no worker has marked its start in ``data_dir``
-    within ``timeout`` seconds (the main thread gets a KeyboardInterrupt; :attr:`fired`
-    tells it apart from Ctrl-C). Used as a context manager around the pipeline's run."""
+    within ``timeout`` seconds (the main thread gets a KeyboardInterrupt, also where SIGINT
+    is ignored; :attr:`fired` tells it apart from Ctrl-C). Used as a context manager around
+    the pipeline's run."""
 
     def __init__(self, data_dir: str, timeout: float):
         self.data_dir, self.timeout, self.fired = epath.Path(data_dir), timeout, False
         self._done = threading.Event()
+        self._handler: Any = None  # SIGINT's handler before the watch, while watching
         self._thread = threading.Thread(target=self._watch, name="ava-worker-start",
                                         daemon=True)
 
     def __enter__(self) -> StartWatch:
         if self.timeout > 0 and threading.current_thread() is threading.main_thread():
+            self._handler = signal.getsignal(signal.SIGINT)
+            if not callable(self._handler):  # SIGINT ignored (a build started with ``&``
+                signal.signal(signal.SIGINT, self._interrupt)  # by a script) or default
             self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._done.set()
+        if self._handler is not None:
+            signal.signal(signal.SIGINT, self._handler)
         for marker in self._markers():
             marker.unlink(missing_ok=True)
 
@@ -169,6 +176,12 @@ class StartWatch:
             return list(self.data_dir.glob(f"*{STARTED_SUFFIX}"))
         except OSError:  # the data dir is not there (yet, or any more)
             return []
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        """SIGINT's handler while watching where Python had none: the watch's own signal
+        interrupts; any other is ignored, or ends the build as Ctrl-C does, as before."""
+        if self.fired or self._handler == signal.SIG_DFL:
+            raise KeyboardInterrupt
 
     def _watch(self) -> None:
         deadline = time.monotonic() + self.timeout

@@ -90,7 +90,13 @@ def corpus(tmp_path_factory):
         yield {"root": root, "manual": root / "corpus", "mirror": mirror, "info": info}
 
 
-def _build(corpus, name: str, *extra: str) -> subprocess.CompletedProcess:
+_SIGINT_IGNORED = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+"""Runs its arguments with SIGINT ignored, as a script's ``tfds build ... &`` does."""
+
+
+def _build(corpus, name: str, *extra: str, sigint_ignored: bool = False
+           ) -> subprocess.CompletedProcess:
     """`tfds build` with the mirror and cache named in the launching side's environment."""
     root = corpus["root"]
     env = {**os.environ, "AVA_KEYFRAMES_SOURCES": "mirror",
@@ -100,6 +106,8 @@ def _build(corpus, name: str, *extra: str) -> subprocess.CompletedProcess:
     command = [TFDS_CLI, "build", "ava_keyframes", "--imports", "ava_keyframes", "--config",
                "v2.2", "--manual_dir", str(corpus["manual"]), "--data_dir",
                str(root / name), *extra]
+    if sigint_ignored:
+        command = [sys.executable, "-c", _SIGINT_IGNORED, *command]
     return subprocess.run(command, env=env, cwd=root, capture_output=True,  # noqa: S603
                            text=True, timeout=BUILD_TIMEOUT)
 
@@ -153,8 +161,9 @@ def test_worker_without_the_package_ends_the_build_with_its_error_in_one_line(co
 
 @pytest.mark.parametrize("cluster", ["no_beam"], indirect=True)
 def test_worker_pool_without_beam_ends_the_build_with_one_line(corpus, cluster):
+    """Started with SIGINT ignored (``&`` in a script): the watch ends the wait all the same."""
     result = _build(corpus, "no_beam", "--beam_pipeline_options="
-                    + cluster.options("worker_start_timeout=5"))
+                    + cluster.options("worker_start_timeout=5"), sigint_ignored=True)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "no Beam worker of PortableRunner" in last and "worker_start_timeout" in last, \

@@ -5,6 +5,7 @@ in one line, --nondeterministic_order) and the staging of remote inputs on a wor
 from __future__ import annotations
 
 import os
+import signal
 import time
 import types
 from pathlib import Path
@@ -89,14 +90,27 @@ class _Config:
         return _Config("runner=DirectRunner", **{**self.__dict__, **fields})
 
 
-def test_no_worker_started_ends_the_wait_with_one_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sigint", ["python's", "ignored"])
+def test_no_worker_started_ends_the_wait_with_one_line(tmp_path, monkeypatch, sigint):
+    """Also where SIGINT is ignored (a build started with ``&`` by a script, or nohup'd):
+    the watch still ends the wait, another SIGINT is still ignored, and the disposition is
+    given back."""
     monkeypatch.setattr(beam_run, "_POLL_SECONDS", 0.05)
-    config = _Config("runner=PortableRunner,job_endpoint=localhost:1,worker_start_timeout=0.2")
-    with pytest.raises(beam_run.LaunchError, match=r"^no Beam worker of PortableRunner started "
-                       r"a video within 0.2 s \(worker_start_timeout\)"):
-        with beam_run.launched(config, str(tmp_path)):
-            for _ in range(200):  # the job server waiting for a worker that never comes
-                time.sleep(0.05)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored"
+                           else signal.default_int_handler)
+    config = _Config("runner=PortableRunner,job_endpoint=localhost:1,worker_start_timeout=0.5")
+    try:
+        with pytest.raises(beam_run.LaunchError, match=r"^no Beam worker of PortableRunner "
+                           r"started a video within 0.5 s \(worker_start_timeout\)"):
+            with beam_run.launched(config, str(tmp_path)):
+                if sigint == "ignored":
+                    os.kill(os.getpid(), signal.SIGINT)  # not the watch's: still ignored
+                for _ in range(200):  # the job server waiting for a worker that never comes
+                    time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) == (signal.SIG_IGN if sigint == "ignored"
+                                                   else signal.default_int_handler)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert not list(tmp_path.iterdir())
 
 

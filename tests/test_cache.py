@@ -243,9 +243,13 @@ def test_ctrl_c_during_fetch_many_stops_its_threads(tmp_path, serve):
         signal.pthread_kill(main, signal.SIGINT)
 
     before = set(threading.enumerate())
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
     threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        cache.fetch_many([GOOD, OTHER], jobs=2, progress=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cache.fetch_many([GOOD, OTHER], jobs=2, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, handler)
     workers = [t for t in set(threading.enumerate()) - before
                if t.name.startswith("ThreadPoolExecutor")]
     for worker in workers:

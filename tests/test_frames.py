@@ -374,6 +374,7 @@ def test_ctrl_c_during_extraction_ends_the_process_cleanly(videos, tmp_path):
     script = tmp_path / "interrupted.py"
     script.write_text(
         "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal\n"
         "from ava_keyframes.frames import extract_keyframes\n"
         "try:\n"
         f"    for second, image in extract_keyframes({str(source)!r}, [0, 1, 2]):\n"
