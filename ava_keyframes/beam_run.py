@@ -152,15 +152,16 @@ class StartWatch:
     def __init__(self, data_dir: str, timeout: float):
         self.data_dir, self.timeout, self.fired = epath.Path(data_dir), timeout, False
         self._done = threading.Event()
-        self._handler: Any = None  # SIGINT's handler before the watch, while watching
+        self._handler: Any = None  # SIGINT's disposition the watch replaced, if any
         self._thread = threading.Thread(target=self._watch, name="ava-worker-start",
                                         daemon=True)
 
     def __enter__(self) -> StartWatch:
         if self.timeout > 0 and threading.current_thread() is threading.main_thread():
-            self._handler = signal.getsignal(signal.SIGINT)
-            if not callable(self._handler):  # SIGINT ignored (a build started with ``&``
-                signal.signal(signal.SIGINT, self._interrupt)  # by a script) or default
+            handler = signal.getsignal(signal.SIGINT)
+            if handler in (signal.SIG_IGN, signal.SIG_DFL):  # no Python handler: ignored
+                self._handler = handler  # (``tfds build ... &`` in a script) or default
+                signal.signal(signal.SIGINT, self._interrupt)
             self._thread.start()
         return self
 
