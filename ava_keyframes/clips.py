@@ -5,8 +5,9 @@ A clip config stores its ``T`` clip frames either as ``T`` JPEGs (``clip_encodin
 libx264 from PyAV's wheel, 4:4:4 chroma (any frame size, odd widths included: clip frames
 are 455 px wide for 16:9 films), one intra frame then P and B frames (``g`` = the clip
 length; no B-frame is a reference), CAVLC entropy coding, ``crf`` 17.5 with ``tune`` psnr,
-preset ``superfast``. The build hands the encoder Y, Cb, Cr planes (``pixels.to_planes``),
-most sources' own samples scaled, never converted to RGB and back.
+preset ``superfast``. The build hands the encoder Y, Cb, Cr planes (``pixels.to_planes``):
+an 8-bit YUV source's own samples, only scaled, the stream tagged with the source's colour
+matrix and range, by which decoding converts (no conversion to RGB and back).
 Measured in ``benchmarks/build_clips.py``: a 32 x 2 clip takes 0.14-0.18x (720p film and
 synthetic corpus) the bytes of its JPEG q95 frames (8 x 8: 0.26-0.30x) at a PSNR against the
 source within 1 dB of theirs (frame stamps survive: ``stamp.py``).
@@ -28,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from ava_keyframes import media
+from ava_keyframes.pixels import UNTAGGED
 
 ENCODINGS = ("h264", "jpeg")
 """``clip_encoding`` values: one H.264 stream per clip, or one JPEG per clip frame."""
@@ -55,9 +57,10 @@ RELEASE_NOTES = {
 _RATE = 30  # nominal: a clip's frames carry no times, only their order
 
 
-def encode(planes: np.ndarray) -> bytes:
-    """``uint8 [T, 3, H, W]`` Y, Cb, Cr planes (BT.601, limited range: ``extract_clips(...,
-    planar=True)``) -> one raw H.264 stream (Annex B) of ``T`` frames."""
+def encode(planes: np.ndarray, colour: tuple[int, int] = UNTAGGED) -> bytes:
+    """``uint8 [T, 3, H, W]`` Y, Cb, Cr planes (``extract_clips(..., planar=True)``) of
+    colour matrix and range ``colour`` (AVCOL_SPC, AVCOL_RANGE: ``Clip.colour``) -> one raw
+    H.264 stream (Annex B) of ``T`` frames, tagged with ``colour`` (its VUI)."""
     if planes.ndim != 4 or planes.shape[1] != 3 or planes.dtype != np.uint8:
         raise ValueError(f"clip planes must be uint8 [T, 3, H, W], not {planes.dtype} "
                          f"{list(planes.shape)}")
@@ -65,6 +68,7 @@ def encode(planes: np.ndarray) -> bytes:
     with av.open(buffer, "w", format="h264") as container:
         stream = container.add_stream("libx264", rate=_RATE)
         stream.width, stream.height, stream.pix_fmt = planes.shape[3], planes.shape[2], "yuv444p"
+        stream.codec_context.colorspace, stream.codec_context.color_range = colour
         stream.options = {**X264_OPTIONS, "g": str(len(planes))}
         for plane in planes:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(plane, format="yuv444p")))

@@ -169,7 +169,7 @@ def _encoded(frame: Any, clip: Any, encode: Callable[[Any], bytes], clip_encodin
     blobs = [encode(frame)]
     if clip is not None:
         blobs += ([encode(image) for image in clip.frames] if clip_encoding == "jpeg"
-                  else [clips.encode(clip.frames)])
+                  else [clips.encode(clip.frames, clip.colour)])
     return blobs
 
 

@@ -40,7 +40,14 @@ import numpy as np
 
 from ava_keyframes import media
 from ava_keyframes.media import Video, VideoError
-from ava_keyframes.pixels import CLIP_SCALER, short_side_size, to_planes, to_rgb
+from ava_keyframes.pixels import (
+    CLIP_SCALER,
+    UNTAGGED,
+    planes_colour,
+    short_side_size,
+    to_planes,
+    to_rgb,
+)
 
 Second = int | float
 """A requested second as the caller gave it (AVA's are integers; fractions are fine)."""
@@ -123,6 +130,8 @@ class Clip:
     padded: int
     """How many of ``frames`` lie before the video's first frame or after its last, and so
     repeat the nearest frame."""
+    colour: tuple[int, int] = UNTAGGED
+    """With ``planar``, the planes' colour matrix and range (``pixels.planes_colour``)."""
 
 
 def clip_offsets(length: int, stride: int) -> list[Fraction]:
@@ -198,6 +207,7 @@ class _ClipFiller:
                  short_side: int, planar: bool) -> None:
         self.waiting = deque(clips)
         self._planar = planar
+        self._colour: tuple[int, int] | None = None  # the planes', from the first frame
         self._times = times
         self._max_side = max_side
         self._short_side = short_side
@@ -218,7 +228,9 @@ class _ClipFiller:
                 continue
             if small is None:
                 size = short_side_size(frame.width, frame.height, self._short_side)
-                small = (to_planes(frame, size) if self._planar else
+                if self._colour is None:
+                    self._colour = planes_colour(frame)
+                small = (to_planes(frame, size, self._colour) if self._planar else
                          to_rgb(frame, size=size, scaler=CLIP_SCALER))
             if clip.frames is None:
                 clip.frames = np.empty((len(clip.times), *small.shape), np.uint8)
@@ -229,7 +241,8 @@ class _ClipFiller:
                 clip.keyframe = to_rgb(frame, self._max_side)
         while self.waiting and self.waiting[0].done():
             clip = self.waiting.popleft()
-            done = Clip(clip.wanted.given, clip.keyframe, clip.frames, clip.padded)
+            done = Clip(clip.wanted.given, clip.keyframe, clip.frames, clip.padded,
+                        self._colour or UNTAGGED)
             clip.keyframe = clip.frames = None  # handed on: the caller's to keep or drop
             yield done
 

@@ -52,26 +52,44 @@ def to_rgb(frame: av.VideoFrame, max_side: int | None = None,
 
 
 _PLANAR_SOURCES = {"yuv410p", "yuv411p", "yuv420p", "yuv422p", "yuv440p", "yuv444p"}
-_BT601 = {2, 5, 6}  # AVCOL_SPC_UNSPECIFIED (swscale's default: BT.601), BT470BG, SMPTE170M
-_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+_MATRICES = {1, 2, 4, 5, 6, 7, 9, 10}
+"""AVCOL_SPC values swscale converts to RGB by: BT.709, unspecified (read as BT.601), FCC,
+BT.470BG and SMPTE 170M (BT.601), SMPTE 240M, BT.2020."""
+UNTAGGED = (2, 0)
+"""(AVCOL_SPC, AVCOL_RANGE) of planes with no colour tags: read as BT.601, limited range."""
 
 
-def to_planes(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
-    """The frame at ``size`` as ``3 x h x w`` uint8 Y, Cb, Cr planes, BT.601 limited range
-    (what H.264 clips store, ``clips.encode``): the picture ``to_rgb(frame, size=size,
-    scaler=CLIP_SCALER)`` gives, once converted to RGB. An 8-bit YUV source already of that
-    matrix and range is only scaled, 3-4x faster than scaling it to RGB (the two RGBs differ
-    by swscale's chroma interpolation and rounding: PSNR 51-53 dB on film and synthetic
-    frames); any other source goes through ``to_rgb`` (converting the matrix within swscale
-    costs more than that)."""
+def _own_planes(frame: av.VideoFrame) -> bool:
+    return frame.format.name in _PLANAR_SOURCES and frame.colorspace in _MATRICES
+
+
+def planes_colour(frame: av.VideoFrame) -> tuple[int, int]:
+    """The colour matrix and range (AVCOL_SPC, AVCOL_RANGE) of the planes :func:`to_planes`
+    gives a video whose first frame is ``frame``: an 8-bit YUV source's own (its samples are
+    only scaled), else :data:`UNTAGGED` (converted through RGB). H.264 clips carry them in
+    the stream (``clips.encode``), and decoding converts by them."""
+    if _own_planes(frame):
+        return int(frame.colorspace), int(frame.color_range)
+    return UNTAGGED
+
+
+def to_planes(frame: av.VideoFrame, size: tuple[int, int], colour: tuple[int, int]
+              ) -> np.ndarray:
+    """The frame at ``size`` as ``3 x h x w`` uint8 Y, Cb, Cr planes of matrix and range
+    ``colour`` (:func:`planes_colour`): the picture ``to_rgb(frame, size=size,
+    scaler=CLIP_SCALER)`` gives, once converted to RGB by ``colour``. A source already of
+    that colour (an 8-bit YUV video's frames, as a rule) is only scaled, 3-4x faster than
+    scaling it to RGB (the two RGBs differ by swscale's chroma interpolation and rounding:
+    PSNR 51-53 dB on film and synthetic frames); any other goes through ``to_rgb``."""
     width, height = size
-    if (frame.format.name in _PLANAR_SOURCES and frame.colorspace in _BT601
-            and frame.color_range != _FULL_RANGE):
+    if _own_planes(frame) and (frame.colorspace, frame.color_range) == colour:
         scaled = media.reformatter("planes").reformat(frame, format="yuv444p", width=width,
                                                        height=height, interpolation=CLIP_SCALER,
                                                        threads=1)
     else:
         rgb = av.VideoFrame.from_ndarray(to_rgb(frame, size=size, scaler=CLIP_SCALER),
                                          format="rgb24")
-        scaled = media.reformatter("rgb_planes").reformat(rgb, format="yuv444p", threads=1)
+        scaled = media.reformatter("rgb_planes").reformat(
+            rgb, format="yuv444p", dst_colorspace=colour[0], dst_color_range=colour[1],
+            threads=1)
     return scaled.to_ndarray()

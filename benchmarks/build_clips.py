@@ -6,7 +6,8 @@ Two corpora, videos read in place from the manual dir (no fetching):
   30 fps H.264), the corpus of ``build.py``;
 - ``film``: ``--copies`` copies of ``tests/data/video/bigbuckbunny.mp4`` (5.3 s of Big Buck
   Bunny, 1280x720, 25 fps), keyframes at seconds 1..4 of each: real film, so that the bytes
-  stored per keyframe are those of movie frames, not of a synthetic texture.
+  stored per keyframe are those of movie frames, not of a synthetic texture. Untagged (read
+  as BT.601); ``--film-bt709`` tags its stream BT.709, as HD encodes are.
 
 For each corpus, ``v2.2`` (keyframes) and the clip configs 8 x 8 and 32 x 2, each with
 H.264 clips (``clip_encoding: h264``, the default) and JPEG frames (``jpeg``), are built
@@ -25,6 +26,7 @@ per keyframe (and per 1000 keyframes), peak memory, clip bytes and H.264 / JPEG 
 clips/s, the lowest per-clip PSNR margin of H.264 over JPEG; and the load average.
 
 Usage: python benchmarks/build_clips.py [--videos 4] [--seconds 30] [--copies 12] [--repeat 2]
+       [--film-bt709]
 """
 
 from __future__ import annotations
@@ -132,15 +134,25 @@ def child(config: str, manual: str, out: str) -> None:
     print(json.dumps(got))
 
 
-def film_corpus(root: Path, copies: int) -> Path:
-    """``copies`` copies of the film clip as videos, keyframes 1..4 each, the last in val."""
+def film_corpus(root: Path, copies: int, bt709: bool = False) -> Path:
+    """``copies`` copies of the film clip as videos, keyframes 1..4 each, the last in val;
+    ``bt709``: its H.264 stream tagged BT.709 (as HD encodes are; untagged, swscale reads it
+    as BT.601), not re-encoded."""
+    film = FILM
+    if bt709:
+        from ava_keyframes.media import ffmpeg_binary
+
+        film = root / "bt709.mp4"
+        subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(FILM), "-c", "copy",  # noqa: S603
+                        "-bsf:v", "h264_metadata=video_full_range_flag=0:matrix_coefficients=1"
+                        ":colour_primaries=1:transfer_characteristics=1", str(film)], check=True)
     manual = root / "film"
     (manual / "videos").mkdir(parents=True)
     (manual / "annotations").mkdir()
     rows: dict[str, list[str]] = {"train": [], "val": []}
     for i in range(copies):
         video_id = f"BigBuckBu{i:02d}"  # 11 characters, as YouTube ids
-        shutil.copy(FILM, manual / "videos" / f"{video_id}.mp4")
+        shutil.copy(film, manual / "videos" / f"{video_id}.mp4")
         split = "val" if i == copies - 1 else "train"
         rows[split] += [f"{video_id},{s:04d},0.300,0.200,0.700,0.950,12,0\n" for s in range(1, 5)]
     for split, lines in rows.items():
@@ -229,11 +241,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--copies", type=int, default=12)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--film-bt709", action="store_true",
+                        help="tag the film's stream BT.709 (HD encodes' matrix)")
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        corpora = {"film (Big Buck Bunny, 1280x720, 25 fps)": film_corpus(root, args.copies),
+        film = "film (Big Buck Bunny, 1280x720, 25 fps" + (", BT.709)" if args.film_bt709 else ")")
+        corpora = {film: film_corpus(root, args.copies, args.film_bt709),
                    "synthetic (640x360, 30 fps)": synthetic_corpus(root, args.videos,
                                                                     args.seconds)}
         for name, manual in corpora.items():

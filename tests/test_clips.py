@@ -43,7 +43,7 @@ def source_clips(stamped: Path) -> dict[tuple[int, int], list]:
 @pytest.fixture(scope="module")
 def encoded(stamped: Path) -> dict[tuple[int, int], list[bytes]]:
     """The same clips as the H.264 build stores them (from planar clip frames)."""
-    return {shape: [clips.encode(clip.frames) for clip in planar]
+    return {shape: [clips.encode(clip.frames, clip.colour) for clip in planar]
             for shape, planar in _clips(stamped, planar=True).items()}
 
 

@@ -11,15 +11,17 @@ import pytest
 
 from ava_keyframes import clips, media
 from ava_keyframes.frames import extract_clips
-from ava_keyframes.pixels import CLIP_SCALER, to_planes, to_rgb
+from ava_keyframes.pixels import CLIP_SCALER, UNTAGGED, planes_colour, to_planes, to_rgb
 from ava_keyframes.stamp import write_stamped_video
 
 SIZE = (100, 57)  # odd, as the 455 x 256 clip frames of 16:9 films
 
 
-def _as_rgb(planes: np.ndarray) -> np.ndarray:
-    """BT.601 limited-range planes to RGB, as ``clips.decode_bytes`` converts them."""
+def _as_rgb(planes: np.ndarray, colour: tuple[int, int] = UNTAGGED) -> np.ndarray:
+    """Planes of matrix and range ``colour`` to RGB, as ``clips.decode_bytes`` converts the
+    frames of a stream tagged so."""
     frame = av.VideoFrame.from_ndarray(planes, format="yuv444p")
+    frame.colorspace, frame.color_range = colour
     return media.reformatter("test").reformat(frame, format="rgb24").to_ndarray()
 
 
@@ -35,17 +37,52 @@ def _source(colorspace: int, color_range: int) -> av.VideoFrame:
     return frame
 
 
-@pytest.mark.parametrize(("colorspace", "color_range"), [(2, 0), (6, 1), (1, 0), (2, 2)],
-                         ids=["untagged", "bt601", "bt709", "full-range"])
-def test_planes_are_the_rgb_picture_for_any_matrix_and_range(colorspace, color_range):
-    frame = _source(colorspace, color_range)
-    want = to_rgb(frame, size=SIZE, scaler=CLIP_SCALER)
-    got = _as_rgb(to_planes(frame, SIZE))
+def _close(got: np.ndarray, want: np.ndarray) -> None:
+    """The same picture: BT.709 or full-range samples read as BT.601 limited range are off
+    by 20-65 levels; swscale's chroma interpolation differs between routes by up to 6."""
     assert got.shape == want.shape == (57, 100, 3)
-    # BT.709 or full-range samples read as BT.601 limited range are off by 20-65 levels;
-    # the chroma interpolation of the direct path (untagged, bt601) by up to 6
     assert np.abs(got.astype(int) - want).max() <= 8
     assert clips.psnr(got[None], want[None]) > 40
+
+
+@pytest.mark.parametrize(("colorspace", "color_range"),
+                         [(2, 0), (6, 1), (1, 0), (2, 2), (1, 2)],
+                         ids=["untagged", "bt601", "bt709", "full-range", "bt709-full-range"])
+def test_a_yuv_source_keeps_its_matrix_and_range(colorspace, color_range):
+    frame = _source(colorspace, color_range)
+    colour = planes_colour(frame)
+    assert colour == (colorspace, color_range)  # its samples are only scaled
+    _close(_as_rgb(to_planes(frame, SIZE, colour), colour),
+           to_rgb(frame, size=SIZE, scaler=CLIP_SCALER))
+
+
+@pytest.mark.parametrize(("source", "colour"), [((1, 0), UNTAGGED), ((2, 0), (1, 2)),
+                                                (None, UNTAGGED)],
+                         ids=["bt709-in-untagged", "untagged-in-bt709-full", "rgb"])
+def test_a_frame_of_another_colour_is_converted_to_the_clips(source, colour):
+    """A frame unlike the video's first (a stream whose tags change), or an RGB source,
+    goes through RGB to the planes' colour."""
+    frame = (_source(*source) if source else
+             av.VideoFrame.from_ndarray(to_rgb(_source(2, 0)), format="rgb24"))
+    if source is None:
+        assert planes_colour(frame) == UNTAGGED
+    _close(_as_rgb(to_planes(frame, SIZE, colour), colour),
+           to_rgb(frame, size=SIZE, scaler=CLIP_SCALER))
+
+
+@pytest.mark.parametrize("color_range", [1, 2], ids=["bt709", "bt709-full-range"])
+def test_a_clip_decodes_by_its_sources_tags(color_range):
+    """The stream carries the planes' matrix and range, and ``decode_bytes`` converts by
+    them (BT.709 planes in an untagged stream, read as BT.601: 29 dB)."""
+    frame = _source(1, color_range)
+    colour = planes_colour(frame)
+    data = clips.encode(np.stack([to_planes(frame, SIZE, colour)] * 4), colour)
+    context = av.CodecContext.create("h264", "r")
+    decoded = [f for packet in [*context.parse(data), *context.parse(b"")]
+               for f in context.decode(packet)] + list(context.decode(None))
+    assert [(f.colorspace, f.color_range) for f in decoded] == [colour] * 4
+    want = to_rgb(frame, size=SIZE, scaler=CLIP_SCALER)
+    assert clips.psnr(clips.decode_bytes(data), np.stack([want] * 4)) > 35  # untagged: 29
 
 
 def test_planar_clips_hold_the_rgb_clips_frames(tmp_path: Path):
