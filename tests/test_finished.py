@@ -14,14 +14,17 @@ import textwrap
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from ava_keyframes import plan
+from ava_keyframes import clips, plan
 from ava_keyframes.cache import CacheError
 from ava_keyframes.finished import FinishedStore
+from ava_keyframes.frames import extract_clips
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
+from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.mirror import LoopbackMirror
 from ava_keyframes.settings import FetchSettings
 from ava_keyframes.sources import FetchResult
@@ -72,6 +75,27 @@ def test_a_finished_video_is_stored_once_and_read_back_without_decoding(
         store.finish(_job((1, 2)), _fetched(video), work, _encode)
     store.remove()
     assert not store.folder.exists()
+
+
+def test_a_bt709_videos_clips_are_stored_in_its_own_colour(tmp_path, video):
+    """An HD encode's matrix (BT.709) is kept, not converted through RGB: the stored stream
+    is tagged with it (the stamps are grey, which every matrix reads alike: the tags'
+    colours are checked in test_pixels.py), and decodes to the clip frames of RGB
+    extraction."""
+    tagged = tmp_path / "abcdefghijk.mp4"
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(video), "-c", "copy",  # noqa: S603
+                    "-bsf:v", "h264_metadata=video_full_range_flag=0:matrix_coefficients=1",
+                    str(tagged)], check=True)
+    work = plan.VideoWork(FetchSettings(str(tmp_path)), None, LABELMAP, clip=(8, 4, 57))
+    stored = FinishedStore(tmp_path, {"build": 1}).finish(_job(), _fetched(tagged), work,
+                                                          _encode)
+    rgb = extract_clips(tagged, [1, 2, 3], length=8, stride=4, clip_short_side=57)
+    for frame, want in zip(stored.frames(), rgb, strict=True):
+        (data,) = frame.clip
+        context = av.CodecContext.create("h264", "r")
+        first = next(f for packet in context.parse(data) for f in context.decode(packet))
+        assert (first.colorspace, first.color_range) == (1, 1)
+        assert clips.psnr(clips.decode_bytes(data), want.frames) > 35
 
 
 def test_a_missing_keyframe_is_stored_with_the_frames_before_it(tmp_path, video):
