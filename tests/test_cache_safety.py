@@ -139,7 +139,14 @@ def _holds_open(pid: int, path: Path) -> bool:
         fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return False
-    return any(os.readlink(fd) == os.path.realpath(path) for fd in fds if fd.is_symlink())
+    target = os.path.realpath(path)
+    for fd in fds:
+        try:
+            if os.readlink(fd) == target:
+                return True
+        except OSError:  # closed since it was listed (the process is starting up)
+            continue
+    return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
