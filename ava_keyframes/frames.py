@@ -131,7 +131,8 @@ class Clip:
     """How many of ``frames`` lie before the video's first frame or after its last, and so
     repeat the nearest frame."""
     colour: tuple[int, int] = UNTAGGED
-    """With ``planar``, the planes' colour matrix and range (``pixels.planes_colour``)."""
+    """With ``planar``, the planes' colour matrix and range (``pixels.planes_colour``); RGB
+    frames: UNTAGGED."""
 
 
 def clip_offsets(length: int, stride: int) -> list[Fraction]:
@@ -207,7 +208,7 @@ class _ClipFiller:
                  short_side: int, planar: bool) -> None:
         self.waiting = deque(clips)
         self._planar = planar
-        self._colour: tuple[int, int] | None = None  # the planes', from the first frame
+        self._colour: tuple[int, int] | None = None  # planar: from the first frame
         self._times = times
         self._max_side = max_side
         self._short_side = short_side
@@ -228,10 +229,11 @@ class _ClipFiller:
                 continue
             if small is None:
                 size = short_side_size(frame.width, frame.height, self._short_side)
-                if self._colour is None:
-                    self._colour = planes_colour(frame)
-                small = (to_planes(frame, size, self._colour) if self._planar else
-                         to_rgb(frame, size=size, scaler=CLIP_SCALER))
+                if self._planar:
+                    self._colour = self._colour or planes_colour(frame)
+                    small = to_planes(frame, size, self._colour)
+                else:
+                    small = to_rgb(frame, size=size, scaler=CLIP_SCALER)
             if clip.frames is None:
                 clip.frames = np.empty((len(clip.times), *small.shape), np.uint8)
             clip.frames[slot] = small
