@@ -176,6 +176,13 @@ def _beam_split(pipeline, jobs: list[VideoJob], work: VideoWork, store: Finished
     return results.examples
 
 
+class _Info(tfds.core.DatasetInfo):
+    def initialize_from_bucket(self) -> None:
+        """Nothing: TFDS looks on GCS for pre-computed info whenever a builder is made before
+        its data exists, and leaves an empty ``/tmp/tmp*tfds`` folder each time; there is no
+        such info for this dataset (and TFDS's GCS access is off)."""
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """AVA Actions v2.2 / v2.1: keyframes with multi-label person boxes."""
 
@@ -199,7 +206,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         # Not dataset_info_from_configs: it would make the whole card (README.md, ~200 lines)
         # the description, which `tfds build` prints once per config.
-        return tfds.core.DatasetInfo(
+        return _Info(
             builder=self,
             description=_DESCRIPTION,
             features=features.keyframe_features(_labelmap().names,

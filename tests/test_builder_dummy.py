@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,19 @@ def test_options_keep_one_keyframe_per_video_at_max_side(tmp_path):
         counts = report["splits"][split]
         assert counts["keyframes_annotated"] == 2 and counts["keyframes_written"] == 1
         assert counts["keyframes_skipped"] == {plan.OVER_LIMIT: 1}
+
+
+@pytest.mark.slow
+def test_a_build_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+    """Only the data and cache folders are written: TFDS's look for pre-computed info on GCS
+    left an empty ``tmp*tfds`` folder there at every builder made before its data existed."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    for config in builder_module.Builder.BUILDER_CONFIGS:
+        builder_module.Builder(config=config.name, data_dir=str(tmp_path / "data"))
+    build_in_process(tmp_path, DATASET_FOLDER / "dummy_data", "v2.2")
+    assert sorted(temp.iterdir()) == []
 
 
 @pytest.mark.slow
