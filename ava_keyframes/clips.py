@@ -76,23 +76,31 @@ def encode(planes: np.ndarray, colour: tuple[int, int] = UNTAGGED) -> bytes:
     return buffer.getvalue()
 
 
-def decode_bytes(data: bytes) -> np.ndarray:
-    """One stored H.264 clip -> ``uint8 [T, H, W, 3]`` RGB; ValueError for bytes that are
-    not one. The raw stream goes straight to the decoder (no container to probe), and one
-    scaler, this thread's (``media.reformatter``), converts every frame."""
+def decode_frames(data: bytes) -> list[av.VideoFrame]:
+    """One stored H.264 clip -> its frames as decoded (planes, and the colour tags that
+    ``encode`` wrote); ValueError for bytes that are not one. The raw stream goes straight
+    to the decoder (no container to probe)."""
     try:
         context = av.CodecContext.create("h264", "r")
         context.thread_type = "NONE"  # parallelism comes from tf.data's parallel calls
-        scaler, frames = media.reformatter("decode_clip"), []
+        frames = []
         for packet in [*context.parse(data), *context.parse(b"")]:  # b"": the parser's last
             frames += context.decode(packet)
         frames += context.decode(None)
-        rgb = [scaler.reformat(frame, format="rgb24").to_ndarray() for frame in frames]
     except av.FFmpegError as error:
         raise ValueError(f"not an H.264 clip ({len(data)} bytes): {error}") from None
-    if not rgb:
+    if not frames:
         raise ValueError(f"not an H.264 clip ({len(data)} bytes): no frame decoded")
-    return np.stack(rgb)
+    return frames
+
+
+def decode_bytes(data: bytes) -> np.ndarray:
+    """One stored H.264 clip -> ``uint8 [T, H, W, 3]`` RGB, converted by its colour tags;
+    ValueError for bytes that are not one. One scaler, this thread's
+    (``media.reformatter``), converts every frame."""
+    scaler = media.reformatter("decode_clip")
+    return np.stack([scaler.reformat(frame, format="rgb24").to_ndarray()
+                     for frame in decode_frames(data)])
 
 
 def decode(data: tf.Tensor, length: int | None = None) -> tf.Tensor:

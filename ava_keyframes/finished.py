@@ -153,7 +153,7 @@ def _write_frames(body: BinaryIO, job: VideoJob, fetched: FetchResult, work: Vid
         try:
             for second, frame, clip in work.extract(job, fetched):
                 pending.append((second, frame.shape[:2], clip.padded if clip is not None else 0,
-                                pool.submit(_encoded, frame, clip, encode, work.clip_encoding)))
+                                pool.submit(_encoded, frame, clip, encode, work.planar_clips)))
                 if len(pending) > 2 * ENCODE_THREADS:
                     write_first()
         except KeyframeError as failure:  # the frames before it are kept
@@ -163,13 +163,14 @@ def _write_frames(body: BinaryIO, job: VideoJob, fetched: FetchResult, work: Vid
     return index, error
 
 
-def _encoded(frame: Any, clip: Any, encode: Callable[[Any], bytes], clip_encoding: str
+def _encoded(frame: Any, clip: Any, encode: Callable[[Any], bytes], planar: bool
              ) -> list[bytes]:
-    """A keyframe's blobs: its JPEG, then its clip's frames' JPEGs or its one H.264 stream."""
+    """A keyframe's blobs: its JPEG, then its clip's one H.264 stream (``planar``,
+    ``VideoWork.planar_clips``) or its frames' JPEGs."""
     blobs = [encode(frame)]
     if clip is not None:
-        blobs += ([encode(image) for image in clip.frames] if clip_encoding == "jpeg"
-                  else [clips.encode(clip.frames, clip.colour)])
+        blobs += ([clips.encode(clip.frames, clip.colour)] if planar
+                  else [encode(image) for image in clip.frames])
     return blobs
 
 

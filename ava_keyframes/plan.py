@@ -80,6 +80,12 @@ class VideoWork:
     clip: tuple[int, int, int] | None = None  # (length, stride, short side)
     clip_encoding: str = "h264"  # how an example stores its clip: ava_keyframes.clips
 
+    @property
+    def planar_clips(self) -> bool:
+        """Whether clips are extracted as the planes an H.264 clip encodes
+        (``clips.encode``), rather than RGB frames, each stored as a JPEG."""
+        return self.clip_encoding == "h264"
+
     def video_cache(self, fetch: str | None = None) -> VideoCache:
         """The cache the settings describe (``fetch``: another mode for this call)."""
         return self.fetch.video_cache(fetch)
@@ -107,7 +113,7 @@ class VideoWork:
         for clip in extract_clips(fetched.path, job.seconds, length=length, stride=stride,
                                   clip_short_side=short_side, max_side=self.max_side,
                                   origin=fetched.origin, to_end=fetched.to_end,
-                                  planar=self.clip_encoding == "h264"):
+                                  planar=self.planar_clips):
             yield clip.second, clip.keyframe, clip
 
 

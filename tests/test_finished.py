@@ -14,7 +14,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -92,9 +91,7 @@ def test_a_bt709_videos_clips_are_stored_in_its_own_colour(tmp_path, video):
     rgb = extract_clips(tagged, [1, 2, 3], length=8, stride=4, clip_short_side=57)
     for frame, want in zip(stored.frames(), rgb, strict=True):
         (data,) = frame.clip
-        context = av.CodecContext.create("h264", "r")
-        first = next(f for packet in context.parse(data) for f in context.decode(packet))
-        assert (first.colorspace, first.color_range) == (1, 1)
+        assert {(f.colorspace, f.color_range) for f in clips.decode_frames(data)} == {(1, 1)}
         assert clips.psnr(clips.decode_bytes(data), want.frames) > 35
 
 
