@@ -176,7 +176,9 @@ def _beam_split(pipeline, jobs: list[VideoJob], work: VideoWork, store: Finished
     return results.examples
 
 
-class _Info(tfds.core.DatasetInfo):
+class LocalInfo(tfds.core.DatasetInfo):
+    """A DatasetInfo that never looks for pre-computed info on GCS."""
+
     def initialize_from_bucket(self) -> None:
         """Nothing: TFDS looks on GCS for pre-computed info whenever a builder is made before
         its data exists, and leaves an empty ``/tmp/tmp*tfds`` folder each time; there is no
@@ -206,7 +208,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         # Not dataset_info_from_configs: it would make the whole card (README.md, ~200 lines)
         # the description, which `tfds build` prints once per config.
-        return _Info(
+        return LocalInfo(
             builder=self,
             description=_DESCRIPTION,
             features=features.keyframe_features(_labelmap().names,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ava_keyframes.ava_keyframes_dataset_builder import LocalInfo
 from ava_keyframes.features import keyframe_features
 from ava_keyframes.labelmap import default_labelmap_path, read_labelmap
 
@@ -64,7 +65,7 @@ class DetectorToyAva(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-        return tfds.core.DatasetInfo(
+        return LocalInfo(  # no empty tmp*tfds folder left behind
             builder=self,
             features=keyframe_features(LABELMAP.names),
         )
@@ -105,7 +106,7 @@ class DetectorToyVoc(tfds.core.GeneratorBasedBuilder):
     CLASSES = ["sit", "stand", "walk"]
 
     def _info(self):
-        return tfds.core.DatasetInfo(
+        return LocalInfo(  # no empty tmp*tfds folder left behind
             builder=self,
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(None, None, 3)),
