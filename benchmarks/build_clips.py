@@ -183,9 +183,10 @@ def run_child(*args: str, prefix: tuple[str, ...] = ()) -> dict:
 
 def round_order(round_: int) -> tuple[str, ...]:
     """The builds of round ``round_``: the keyframe config, then each clip shape's H.264 and
-    JPEG builds, H.264 first in even rounds and JPEG first in odd ones. Counterbalanced
-    because the order moves the ratio on this VM (fourth round: synthetic 32 x 2 at 0.80x
-    with H.264 first, 1.11x with JPEG first)."""
+    JPEG builds, H.264 first in even rounds and JPEG first in odd ones, so that neither
+    side always runs first (the fourth round had seen synthetic 32 x 2 at 0.80x with H.264
+    first and 1.11x with JPEG first; in the sixth the two orders' medians were 0.89x and
+    0.86x, within one order's spread)."""
     pairs = [CONFIGS[1:3], CONFIGS[3:5]]
     return (CONFIGS[0], *(c for pair in pairs for c in (pair if round_ % 2 == 0 else pair[::-1])))
 
