@@ -31,7 +31,7 @@ from etils import epath
 
 # The module, not its names: `import ava_keyframes.features` first imports TFDS, whose import
 # registers this builder (see __init__) while features is still half-initialized.
-from ava_keyframes import console, features
+from ava_keyframes import clips, console, features
 from ava_keyframes.annotations import (
     AnnotationError,
     keyframe_key,
@@ -326,7 +326,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             config={"allow_missing": config.allow_missing})
         self._finished = FinishedStore(self._settings.cache_dir, {
             "dataset": self.info.full_name, "options": config.options(),
-            "decoder": decoder_info()})
+            "decoder": decoder_info(), "clip_encoder": clips.X264_OPTIONS})
         work = VideoWork(
             fetch=self._settings,
             max_side=config.max_side,

@@ -3,14 +3,15 @@
 A clip config stores its ``T`` clip frames either as ``T`` JPEGs (``clip_encoding:
 "jpeg"``, a ``tfds.features.Video``) or, by default, as one H.264 stream (``"h264"``):
 libx264 from PyAV's wheel, 4:4:4 chroma (any frame size, odd widths included: clip frames
-are 455 px wide for 16:9 films), one intra frame then P and B frames (``g`` = the clip
-length; no B-frame is a reference), CAVLC entropy coding, ``crf`` 17.5 with ``tune`` psnr,
-preset ``superfast``. The build hands the encoder Y, Cb, Cr planes (``pixels.to_planes``):
-an 8-bit YUV source's own samples, only scaled, the stream tagged with the source's colour
-matrix and range, by which decoding converts (no conversion to RGB and back).
-Measured in ``benchmarks/build_clips.py``: a 32 x 2 clip takes 0.14-0.18x (720p film and
-synthetic corpus) the bytes of its JPEG q95 frames (8 x 8: 0.26-0.30x) at a PSNR against the
-source within 1 dB of theirs (frame stamps survive: ``stamp.py``).
+are 455 px wide for 16:9 films), one IDR frame then P frames, constant QP 20, CAVLC, no
+deblocking, ``tune`` psnr, preset ``superfast``. The build hands the encoder Y, Cb, Cr planes
+(``pixels.to_planes``): an 8-bit YUV source's own samples, only scaled, the stream tagged
+with the source's colour matrix and range, by which decoding converts (no conversion to RGB
+and back). Each encoding thread keeps one encoder and starts every clip with a forced IDR
+frame, so each stream decodes alone (see ``encode``).
+Measured in ``benchmarks/build_clips.py``: a 32 x 2 clip takes about 0.16x (720p film and
+synthetic corpus) the bytes of its JPEG q95 frames at a PSNR against the source within 1 dB
+of theirs (frame stamps survive: ``stamp.py``).
 
 Reading: ``ds.map(clips.decode_clip, num_parallel_calls=...)`` turns the stored bytes into
 ``uint8 [T, H, W, 3]`` inside tf.data (PyAV decodes with the GIL released, so parallel
@@ -21,12 +22,14 @@ as it is.
 
 from __future__ import annotations
 
-import io
+import threading
+from fractions import Fraction
 from typing import Any
 
 import av
 import numpy as np
 import tensorflow as tf
+from av.video.frame import PictureType
 
 from ava_keyframes import media
 from ava_keyframes.pixels import UNTAGGED
@@ -34,46 +37,72 @@ from ava_keyframes.pixels import UNTAGGED
 ENCODINGS = ("h264", "jpeg")
 """``clip_encoding`` values: one H.264 stream per clip, or one JPEG per clip frame."""
 
-X264_OPTIONS = {"crf": "17.5", "tune": "psnr", "preset": "superfast", "bf": "2",
-                "x264-params": "cabac=0:b-pyramid=none", "threads": "1"}
+X264_OPTIONS = {"qp": "20", "tune": "psnr,zerolatency", "preset": "superfast", "threads": "1",
+                "forced-idr": "1",
+                "x264-params": "cabac=0:no-deblock=1:scenecut=0:weightp=0:keyint=infinite"}
 """libx264 settings, chosen by measurement (``benchmarks/README.md``, ``build_clips.py``):
-``tune`` psnr (no psycho-visual tuning: it spends bits on what PSNR does not reward);
-CAVLC (``cabac=0``) decodes in about 0.6x the time of CABAC and encodes in 0.9x, for about
-15% more bytes, which two B-frames win back; crf 17.5 keeps every measured clip within 1 dB
-of JPEG q95 (with B-frames crf 18 left a film 8 x 8 clip at -0.85 dB); ``b-pyramid``
-none (the middle one of two B-frames is no reference) encodes in about 0.93x the time for
-the same bytes, at most 0.1 dB lower; ``superfast``:
-``ultrafast`` doubles the bytes, ``veryfast`` encodes slower for a few percent; one thread:
-a clip's 8-32 small frames gave x264's frame threads no clear gain here."""
+a constant QP (no rate control, so nothing carries from one clip to the next in a reused
+encoder; without a rate control, scene cuts and weighted prediction, x264 makes no
+low-resolution copy of each frame to analyse); ``tune`` zerolatency (no B-frames, no
+lookahead: each frame's packet comes out as it goes in, so a clip needs no draining) and psnr
+(no psycho-visual tuning: it spends bits that PSNR does not reward); CAVLC (``cabac=0``)
+decodes in about 0.6x the time of CABAC; no deblocking filter (encodes and decodes in about
+0.8x the time, for 0.2-0.3 dB); QP 20 keeps every measured clip within 1 dB of JPEG q95;
+``superfast``: ``ultrafast`` doubles the bytes, ``veryfast`` encodes slower for a few
+percent; one thread: a clip's 8-32 small frames gave x264's frame threads no clear gain;
+``keyint`` infinite: an IDR frame only where ``encode`` forces one, at each clip's start."""
 
 VERSION = "3.0.0"
 """The version of the clip configs (``v2.2`` and ``v2.1`` stay at the builder's)."""
 RELEASE_NOTES = {
     "3.0.0": "clip configs: clip_encoding, by default \"h264\": each clip one short H.264 "
-             "stream (0.16-0.27x the bytes of JPEG frames), decoded by ava_keyframes.clips; "
-             "\"jpeg\" keeps the JPEG frames of 2.0.0.",
+             "stream (about 0.16x the bytes of JPEG frames at 32 x 2), decoded by "
+             "ava_keyframes.clips; \"jpeg\" keeps the JPEG frames of 2.0.0.",
 }
 
 _RATE = 30  # nominal: a clip's frames carry no times, only their order
+_ENCODERS = threading.local()
+
+
+def _encoder(width: int, height: int, colour: tuple[int, int]) -> Any:
+    """This thread's libx264 encoder for frames of this size and colour, kept between clips:
+    making one costs about 2 ms, against 13 ms to encode an 8 x 8 clip. Its state: the
+    context and the next frame's timestamp (they only rise)."""
+    key = (width, height, colour)
+    if getattr(_ENCODERS, "key", None) != key:
+        context = av.CodecContext.create("libx264", "w")
+        context.width, context.height, context.pix_fmt = width, height, "yuv444p"
+        context.time_base, context.framerate = Fraction(1, _RATE), _RATE
+        context.colorspace, context.color_range = colour
+        context.options = X264_OPTIONS
+        context.open()
+        _ENCODERS.key, _ENCODERS.context, _ENCODERS.pts = key, context, 0
+    return _ENCODERS
 
 
 def encode(planes: np.ndarray, colour: tuple[int, int] = UNTAGGED) -> bytes:
     """``uint8 [T, 3, H, W]`` Y, Cb, Cr planes (``extract_clips(..., planar=True)``) of
     colour matrix and range ``colour`` (AVCOL_SPC, AVCOL_RANGE: ``Clip.colour``) -> one raw
-    H.264 stream (Annex B) of ``T`` frames, tagged with ``colour`` (its VUI)."""
+    H.264 stream (Annex B) of ``T`` frames, tagged with ``colour`` (its VUI).
+
+    The stream starts with an IDR frame and its parameter sets, so it decodes alone, and its
+    frames decode the same whatever this thread's encoder encoded before; its bytes may not
+    be: x264 writes its version note into the encoder's first stream only, and alternates
+    the IDR frames' ``idr_pic_id``."""
     if planes.ndim != 4 or planes.shape[1] != 3 or planes.dtype != np.uint8:
         raise ValueError(f"clip planes must be uint8 [T, 3, H, W], not {planes.dtype} "
                          f"{list(planes.shape)}")
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="h264") as container:
-        stream = container.add_stream("libx264", rate=_RATE)
-        stream.width, stream.height, stream.pix_fmt = planes.shape[3], planes.shape[2], "yuv444p"
-        stream.codec_context.colorspace, stream.codec_context.color_range = colour
-        stream.options = {**X264_OPTIONS, "g": str(len(planes))}
-        for plane in planes:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(plane, format="yuv444p")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
+    state = _encoder(planes.shape[3], planes.shape[2], colour)
+    packets = []
+    for index, plane in enumerate(planes):
+        frame = av.VideoFrame.from_ndarray(plane, format="yuv444p")
+        frame.pts, state.pts = state.pts, state.pts + 1
+        if index == 0:
+            frame.pict_type = PictureType.I  # an IDR frame (``forced-idr``)
+        packets += state.context.encode(frame)
+    if len(packets) != len(planes):  # zerolatency: never, as no frame is held back
+        raise RuntimeError(f"libx264 returned {len(packets)} packets for {len(planes)} frames")
+    return b"".join(bytes(packet) for packet in packets)
 
 
 def decode_frames(data: bytes) -> list[av.VideoFrame]:

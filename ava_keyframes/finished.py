@@ -7,12 +7,12 @@ reads them back instead of fetching and decoding again. The JPEGs are made by th
 dataset's own image feature, so a stored frame is byte for byte what TFDS would have
 written from the decoded one.
 
-One folder per build (a key of the dataset's full name, its options and the decoder's
-versions: ``<cache>/finished/<key>/``), one file per video inside, named by the video id and
-a key of its keyframe seconds and of the fetched file (name, size, modification time,
-origin). A file is written under a temporary name and renamed once complete, so a kill
-leaves a whole file or none; links are refused. The builder removes the build's folder
-once the dataset is written.
+One folder per build (a key of the dataset's full name, its options, the decoder's versions
+and the clip encoder's settings: ``<cache>/finished/<key>/``), one file per video inside,
+named by the video id and a key of its keyframe seconds and of the fetched file (name, size,
+modification time, origin). A file is written under a temporary name and renamed once
+complete, so a kill leaves a whole file or none; links are refused. The builder removes the
+build's folder once the dataset is written.
 
 File: the JPEGs in order, then a JSON trailer ``{"format": ..., "error": ..., "frames":
 [[second, width, height, clip_padded, [jpeg sizes: keyframe, clip frames...]], ...]}``,

@@ -4,6 +4,7 @@ rule names, the quality stays within 1 dB of JPEG q95 frames, and tf.data reads 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,33 @@ def test_quality_within_1_db_of_jpeg_q95_clips(source_clips, encoded):
         assert h264 >= clips.psnr(from_jpeg, clip.frames) - 1.0, clip.second
         assert h264 > 35.0  # a sanity floor: the bar is relative, so a broken JPEG path
                             # must not drag it down
+
+
+def _slices(stream: bytes) -> tuple[list[int], list[int]]:
+    """The NAL unit types of a raw H.264 stream: (all, those of coded frames)."""
+    types = [unit[0] & 31 for unit in stream.split(b"\x00\x00\x01")[1:]]
+    return types, [kind for kind in types if kind in (1, 5)]
+
+
+def _in_new_thread(frames: np.ndarray) -> bytes:
+    with ThreadPoolExecutor(1) as thread:  # a new thread: a new encoder
+        return thread.submit(clips.encode, frames).result()
+
+
+def test_each_clip_decodes_alone_and_the_same_whatever_its_encoder_did_before(stamped):
+    """A thread's encoder is kept between clips: every stream starts with its parameter sets
+    and an IDR frame, then P frames, and decodes to the frames a fresh encoder's stream gives,
+    after clips of another shape and size went through the same encoder."""
+    planar = _clips(stamped, planar=True)
+    small = [np.ascontiguousarray(clip.frames[:, :, :40, :60]) for clip in planar[(8, 8)]]
+    for clip, other in zip(planar[(32, 2)], small, strict=True):
+        reused, other_size = clips.encode(clip.frames), clips.encode(other)
+        types, frames = _slices(reused)
+        assert types[:2] == [7, 8] and frames == [5] + [1] * 31
+        np.testing.assert_array_equal(clips.decode_bytes(reused),
+                                      clips.decode_bytes(_in_new_thread(clip.frames)))
+        assert clips.decode_bytes(other_size).shape == (8, 40, 60, 3)
+        assert _slices(other_size)[1] == [5] + [1] * 7
 
 
 def test_clip_bytes_are_a_fraction_of_jpeg_frames(source_clips, encoded):
