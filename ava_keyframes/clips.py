@@ -23,6 +23,7 @@ as it is.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -61,6 +62,7 @@ RELEASE_NOTES = {
 }
 
 _RATE = 30  # nominal: a clip's frames carry no times, only their order
+_TIME_BASE = Fraction(1, _RATE)
 _ENCODERS = threading.local()
 
 
@@ -72,7 +74,7 @@ def _encoder(width: int, height: int, colour: tuple[int, int]) -> Any:
     if getattr(_ENCODERS, "key", None) != key:
         context = av.CodecContext.create("libx264", "w")
         context.width, context.height, context.pix_fmt = width, height, "yuv444p"
-        context.time_base, context.framerate = Fraction(1, _RATE), _RATE
+        context.time_base, context.framerate = _TIME_BASE, _RATE
         context.colorspace, context.color_range = colour
         context.options = X264_OPTIONS
         context.open()
@@ -80,28 +82,27 @@ def _encoder(width: int, height: int, colour: tuple[int, int]) -> Any:
     return _ENCODERS
 
 
-def encode(planes: np.ndarray, colour: tuple[int, int] = UNTAGGED) -> bytes:
-    """``uint8 [T, 3, H, W]`` Y, Cb, Cr planes (``extract_clips(..., planar=True)``) of
-    colour matrix and range ``colour`` (AVCOL_SPC, AVCOL_RANGE: ``Clip.colour``) -> one raw
-    H.264 stream (Annex B) of ``T`` frames, tagged with ``colour`` (its VUI).
+def encode(frames: Sequence[av.VideoFrame], colour: tuple[int, int] = UNTAGGED) -> bytes:
+    """``T`` yuv444p frames of one size (``extract_clips(..., planar=True)``), of colour
+    matrix and range ``colour`` (AVCOL_SPC, AVCOL_RANGE: ``Clip.colour``) -> one raw H.264
+    stream (Annex B) of ``T`` frames, tagged with ``colour`` (its VUI). The frames are taken
+    over as they are (no copy): their timestamps and picture types are set here.
 
     The stream starts with an IDR frame and its parameter sets, so it decodes alone, and its
     frames decode the same whatever this thread's encoder encoded before; its bytes may not
     be: x264 writes its version note into the encoder's first stream only, and alternates
     the IDR frames' ``idr_pic_id``."""
-    if planes.ndim != 4 or planes.shape[1] != 3 or planes.dtype != np.uint8:
-        raise ValueError(f"clip planes must be uint8 [T, 3, H, W], not {planes.dtype} "
-                         f"{list(planes.shape)}")
-    state = _encoder(planes.shape[3], planes.shape[2], colour)
+    sizes = {(frame.format.name, frame.width, frame.height) for frame in frames}
+    if len(sizes) != 1 or next(iter(sizes))[0] != "yuv444p":
+        raise ValueError(f"clip frames must be yuv444p frames of one size, not {sorted(sizes)}")
+    state = _encoder(frames[0].width, frames[0].height, colour)
     packets = []
-    for index, plane in enumerate(planes):
-        frame = av.VideoFrame.from_ndarray(plane, format="yuv444p")
-        frame.pts, state.pts = state.pts, state.pts + 1
-        if index == 0:
-            frame.pict_type = PictureType.I  # an IDR frame (``forced-idr``)
+    for index, frame in enumerate(frames):
+        frame.pts, frame.time_base, state.pts = state.pts, _TIME_BASE, state.pts + 1
+        frame.pict_type = PictureType.I if index == 0 else PictureType.NONE  # I: an IDR
         packets += state.context.encode(frame)
-    if len(packets) != len(planes):  # zerolatency: never, as no frame is held back
-        raise RuntimeError(f"libx264 returned {len(packets)} packets for {len(planes)} frames")
+    if len(packets) != len(frames):  # zerolatency: never, as no frame is held back
+        raise RuntimeError(f"libx264 returned {len(packets)} packets for {len(frames)} frames")
     return b"".join(bytes(packet) for packet in packets)
 
 

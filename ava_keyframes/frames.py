@@ -123,10 +123,10 @@ class Clip:
     second: Second
     keyframe: np.ndarray
     """H x W x 3 uint8 RGB: what :func:`extract_keyframes` yields for ``second``."""
-    frames: np.ndarray
+    frames: np.ndarray | list[av.VideoFrame]
     """T x h x w x 3 uint8 RGB, shorter side ``clip_short_side`` (resized bilinearly); with
-    ``planar``, T x 3 x h x w Y, Cb, Cr planes (``pixels.to_planes``: what H.264 clips
-    store)."""
+    ``planar``, T yuv444p frames (``pixels.to_planes``: what H.264 clips store, handed to
+    the encoder as they are), each its own, padding included."""
     padded: int
     """How many of ``frames`` lie before the video's first frame or after its last, and so
     repeat the nearest frame."""
@@ -157,8 +157,8 @@ def extract_clips(
     :func:`extract_keyframes`; so is ``MissingKeyframes``, raised at the end for seconds
     whose keyframe or clip this file cannot give whole (a window too short, a corrupt or
     truncated file). Memory holds the clips in flight, never the video. ``planar``: clip
-    frames as the planes ``clips.encode`` takes, which most sources give 3-4x faster than
-    RGB (``pixels.to_planes``).
+    frames as the yuv444p frames ``clips.encode`` takes, which most sources give 3-4x
+    faster than RGB (``pixels.to_planes``).
     """
     wanted = sorted_unique(seconds)
     check_max_side(max_side)
@@ -192,7 +192,7 @@ class _ClipSlots:
         self.wanted = wanted
         self.times = times
         self.keyframe: np.ndarray | None = None
-        self.frames: np.ndarray | None = None
+        self.frames: np.ndarray | list | None = None
         self.filled = 0
         self.padded = sum(time < start for time in times)
 
@@ -222,21 +222,21 @@ class _ClipFiller:
              ) -> Iterator[Clip]:
         """Put ``frame`` where time ``index`` is needed (with ``padding``, not as a
         keyframe: a keyframe past the end is missing, never padded)."""
-        small = None
+        size = short_side_size(frame.width, frame.height, self._short_side)
+        rgb = None  # RGB clip frames: one conversion, copied into each clip that needs it
         for clip, slot in self._needs.pop(index, []):
             keyframe = slot == len(clip.times) // 2
             if padding and keyframe:
                 continue
-            if small is None:
-                size = short_side_size(frame.width, frame.height, self._short_side)
-                if self._planar:
-                    self._colour = self._colour or planes_colour(frame)
-                    small = to_planes(frame, size, self._colour)
-                else:
-                    small = to_rgb(frame, size=size, scaler=CLIP_SCALER)
-            if clip.frames is None:
-                clip.frames = np.empty((len(clip.times), *small.shape), np.uint8)
-            clip.frames[slot] = small
+            if self._planar:  # a frame of its own in each slot: the encoder takes it over
+                self._colour = self._colour or planes_colour(frame)
+                clip.frames = clip.frames or [None] * len(clip.times)
+                clip.frames[slot] = to_planes(frame, size, self._colour)
+            else:
+                rgb = to_rgb(frame, size=size, scaler=CLIP_SCALER) if rgb is None else rgb
+                if clip.frames is None:
+                    clip.frames = np.empty((len(clip.times), *rgb.shape), np.uint8)
+                clip.frames[slot] = rgb
             clip.filled += 1
             clip.padded += padding
             if keyframe:

@@ -74,13 +74,14 @@ def planes_colour(frame: av.VideoFrame) -> tuple[int, int]:
 
 
 def to_planes(frame: av.VideoFrame, size: tuple[int, int], colour: tuple[int, int]
-              ) -> np.ndarray:
-    """The frame at ``size`` as ``3 x h x w`` uint8 Y, Cb, Cr planes of matrix and range
+              ) -> av.VideoFrame:
+    """The frame at ``size`` as a new yuv444p frame (Y, Cb, Cr planes) of matrix and range
     ``colour`` (:func:`planes_colour`): the picture ``to_rgb(frame, size=size,
     scaler=CLIP_SCALER)`` gives, once converted to RGB by ``colour``. A source already of
     that colour (an 8-bit YUV video's frames, as a rule) is only scaled, 3-4x faster than
     scaling it to RGB (the two RGBs differ by swscale's chroma interpolation and rounding:
-    PSNR 51-53 dB on film and synthetic frames); any other goes through ``to_rgb``."""
+    PSNR 51-53 dB on film and synthetic frames); any other goes through ``to_rgb``. Never
+    ``frame`` itself, so that its user may change its timestamp (``clips.encode`` does)."""
     width, height = size
     if _own_planes(frame) and (frame.colorspace, frame.color_range) == colour:
         scaled = media.reformatter("planes").reformat(frame, format="yuv444p", width=width,
@@ -92,4 +93,6 @@ def to_planes(frame: av.VideoFrame, size: tuple[int, int], colour: tuple[int, in
         scaled = media.reformatter("rgb_planes").reformat(
             rgb, format="yuv444p", dst_colorspace=colour[0], dst_color_range=colour[1],
             threads=1)
-    return scaled.to_ndarray()
+    if scaled is frame:  # nothing to change (a yuv444p source at ``size``): swscale's own
+        scaled = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv444p")
+    return scaled

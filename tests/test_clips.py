@@ -7,6 +7,7 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -79,7 +80,7 @@ def _slices(stream: bytes) -> tuple[list[int], list[int]]:
     return types, [kind for kind in types if kind in (1, 5)]
 
 
-def _in_new_thread(frames: np.ndarray) -> bytes:
+def _in_new_thread(frames: list[av.VideoFrame]) -> bytes:
     with ThreadPoolExecutor(1) as thread:  # a new thread: a new encoder
         return thread.submit(clips.encode, frames).result()
 
@@ -89,13 +90,15 @@ def test_each_clip_decodes_alone_and_the_same_whatever_its_encoder_did_before(st
     and an IDR frame, then P frames, and decodes to the frames a fresh encoder's stream gives,
     after clips of another shape and size went through the same encoder."""
     planar = _clips(stamped, planar=True)
-    small = [np.ascontiguousarray(clip.frames[:, :, :40, :60]) for clip in planar[(8, 8)]]
+    small = [[av.VideoFrame.from_ndarray(np.ascontiguousarray(f.to_ndarray()[:, :40, :60]),
+                                         format="yuv444p") for f in clip.frames]
+             for clip in planar[(8, 8)]]
     for clip, other in zip(planar[(32, 2)], small, strict=True):
         reused, other_size = clips.encode(clip.frames), clips.encode(other)
         types, frames = _slices(reused)
         assert types[:2] == [7, 8] and frames == [5] + [1] * 31
-        np.testing.assert_array_equal(clips.decode_bytes(reused),
-                                      clips.decode_bytes(_in_new_thread(clip.frames)))
+        again = _in_new_thread(clip.frames)  # the same frames, taken over again
+        np.testing.assert_array_equal(clips.decode_bytes(reused), clips.decode_bytes(again))
         assert clips.decode_bytes(other_size).shape == (8, 40, 60, 3)
         assert _slices(other_size)[1] == [5] + [1] * 7
 
@@ -158,5 +161,8 @@ def test_jpeg_clip_configs_store_and_read_frames_as_before(source_clips):
 def test_bytes_that_are_not_a_clip_are_one_line_errors():
     with pytest.raises(ValueError, match=r"^not an H.264 clip \(5 bytes\)"):
         clips.decode_bytes(b"junk!")
-    with pytest.raises(ValueError, match=r"clip planes must be uint8 \[T, 3, H, W\]"):
-        clips.encode(np.zeros((4, 8, 8), np.uint8))
+    rgb = av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8), format="rgb24")
+    with pytest.raises(ValueError, match=r"^clip frames must be yuv444p frames of one size"):
+        clips.encode([rgb])
+    with pytest.raises(ValueError, match=r"^clip frames must be yuv444p frames of one size"):
+        clips.encode([])

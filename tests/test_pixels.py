@@ -30,12 +30,11 @@ TAGGED = {  # real film re-encoded as other programs tag their videos: (file, ff
 }
 
 
-def _as_rgb(planes: np.ndarray, colour: tuple[int, int] = UNTAGGED) -> np.ndarray:
+def _as_rgb(planes: av.VideoFrame, colour: tuple[int, int] = UNTAGGED) -> np.ndarray:
     """Planes of matrix and range ``colour`` to RGB, as ``clips.decode_bytes`` converts the
     frames of a stream tagged so."""
-    frame = av.VideoFrame.from_ndarray(planes, format="yuv444p")
-    frame.colorspace, frame.color_range = colour
-    return media.reformatter("test").reformat(frame, format="rgb24").to_ndarray()
+    planes.colorspace, planes.color_range = colour
+    return media.reformatter("test").reformat(planes, format="rgb24").to_ndarray()
 
 
 def _source(colorspace: int, color_range: int) -> av.VideoFrame:
@@ -89,7 +88,7 @@ def test_a_clip_decodes_by_its_sources_tags(color_range):
     them (BT.709 planes in an untagged stream, read as BT.601: 29 dB)."""
     frame = _source(1, color_range)
     colour = planes_colour(frame)
-    data = clips.encode(np.stack([to_planes(frame, SIZE, colour)] * 4), colour)
+    data = clips.encode([to_planes(frame, SIZE, colour) for _ in range(4)], colour)
     assert [(f.colorspace, f.color_range) for f in clips.decode_frames(data)] == [colour] * 4
     want = to_rgb(frame, size=SIZE, scaler=CLIP_SCALER)
     assert clips.psnr(clips.decode_bytes(data), np.stack([want] * 4)) > 35  # untagged: 29
@@ -102,7 +101,9 @@ def test_planar_clips_hold_the_rgb_clips_frames(tmp_path: Path):
     planar = list(extract_clips(path, [0, 1.5], length=8, stride=4, clip_short_side=57,
                                 planar=True))
     for a, b in zip(rgb, planar, strict=True):
-        assert b.frames.shape == (8, 3, 57, 101) and a.frames.shape == (8, 57, 101, 3)
+        assert a.frames.shape == (8, 57, 101, 3) and len(b.frames) == 8
+        assert {(f.format.name, f.width, f.height) for f in b.frames} == {("yuv444p", 101, 57)}
+        assert len({id(f) for f in b.frames}) == 8  # each slot its own, padding included
         assert (a.second, a.padded) == (b.second, b.padded)
         np.testing.assert_array_equal(a.keyframe, b.keyframe)
         assert clips.psnr(np.stack([_as_rgb(p) for p in b.frames]), a.frames) > 45
