@@ -135,18 +135,22 @@ def child(config: str, manual: str, out: str) -> None:
     print(json.dumps(got))
 
 
+def bt709_film(root: Path) -> Path:
+    """The film with its H.264 stream tagged BT.709 (as HD encodes are; untagged, swscale
+    reads it as BT.601), not re-encoded: ``root/bt709.mp4``."""
+    from ava_keyframes.media import ffmpeg_binary
+
+    film = root / "bt709.mp4"
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(FILM), "-c", "copy",  # noqa: S603
+                    "-bsf:v", "h264_metadata=video_full_range_flag=0:matrix_coefficients=1"
+                    ":colour_primaries=1:transfer_characteristics=1", str(film)], check=True)
+    return film
+
+
 def film_corpus(root: Path, copies: int, bt709: bool = False) -> Path:
     """``copies`` copies of the film clip as videos, keyframes 1..4 each, the last in val;
-    ``bt709``: its H.264 stream tagged BT.709 (as HD encodes are; untagged, swscale reads it
-    as BT.601), not re-encoded."""
-    film = FILM
-    if bt709:
-        from ava_keyframes.media import ffmpeg_binary
-
-        film = root / "bt709.mp4"
-        subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(FILM), "-c", "copy",  # noqa: S603
-                        "-bsf:v", "h264_metadata=video_full_range_flag=0:matrix_coefficients=1"
-                        ":colour_primaries=1:transfer_characteristics=1", str(film)], check=True)
+    ``bt709``: the film tagged BT.709 (:func:`bt709_film`)."""
+    film = bt709_film(root) if bt709 else FILM
     manual = root / "film"
     (manual / "videos").mkdir(parents=True)
     (manual / "annotations").mkdir()
