@@ -9,9 +9,10 @@ deblocking, ``tune`` psnr, preset ``superfast``. The build hands the encoder Y, 
 with the source's colour matrix and range, by which decoding converts (no conversion to RGB
 and back). Each encoding thread keeps one encoder and starts every clip with a forced IDR
 frame, so each stream decodes alone (see ``encode``).
-Measured in ``benchmarks/build_clips.py``: a 32 x 2 clip takes about 0.16x (720p film and
-synthetic corpus) the bytes of its JPEG q95 frames at a PSNR against the source within 1 dB
-of theirs (frame stamps survive: ``stamp.py``).
+Measured in ``benchmarks/build_clips.py``: a 32 x 2 clip takes 0.16-0.17x (720p film and
+synthetic corpus) the bytes of its JPEG q95 frames (8 x 8: 0.25-0.29x) at a PSNR against the
+source within 1 dB of theirs (frame stamps survive: ``stamp.py``); ``clip_encoder.py`` per
+clip.
 
 Reading: ``ds.map(clips.decode_clip, num_parallel_calls=...)`` turns the stored bytes into
 ``uint8 [T, H, W, 3]`` inside tf.data (PyAV decodes with the GIL released, so parallel
