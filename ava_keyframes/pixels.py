@@ -93,6 +93,6 @@ def to_planes(frame: av.VideoFrame, size: tuple[int, int], colour: tuple[int, in
         scaled = media.reformatter("rgb_planes").reformat(
             rgb, format="yuv444p", dst_colorspace=colour[0], dst_color_range=colour[1],
             threads=1)
-    if scaled is frame:  # nothing to change (a yuv444p source at ``size``): swscale's own
+    if scaled is frame:  # nothing to change (a yuv444p source at ``size``): swscale returned it
         scaled = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv444p")
     return scaled

@@ -82,6 +82,16 @@ def test_a_frame_of_another_colour_is_converted_to_the_clips(source, colour):
            to_rgb(frame, size=SIZE, scaler=CLIP_SCALER))
 
 
+def test_planes_are_always_a_frame_of_their_own():
+    """A 4:4:4 source already at the clip size has nothing to scale, and swscale hands back
+    the frame itself: ``to_planes`` copies it, as ``clips.encode`` sets the frames' times."""
+    source = _source(2, 1).reformat(format="yuv444p", width=SIZE[0], height=SIZE[1])
+    source.colorspace, source.color_range = 2, 1
+    planes = to_planes(source, SIZE, planes_colour(source))
+    assert planes is not source
+    np.testing.assert_array_equal(planes.to_ndarray(), source.to_ndarray())
+
+
 @pytest.mark.parametrize("color_range", [1, 2], ids=["bt709", "bt709-full-range"])
 def test_a_clip_decodes_by_its_sources_tags(color_range):
     """The stream carries the planes' matrix and range, and ``decode_bytes`` converts by
