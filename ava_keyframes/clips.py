@@ -67,19 +67,27 @@ _TIME_BASE = Fraction(1, _RATE)
 _ENCODERS = threading.local()
 
 
+def open_encoder(width: int, height: int, colour: tuple[int, int],
+                 options: dict[str, str] = X264_OPTIONS) -> av.CodecContext:
+    """A libx264 encoder, opened, of yuv444p frames of this size, its stream tagged with
+    ``colour``; ``options`` other than the build's are for measuring them
+    (``benchmarks/clip_encoder.py``)."""
+    context = av.CodecContext.create("libx264", "w")
+    context.width, context.height, context.pix_fmt = width, height, "yuv444p"
+    context.time_base, context.framerate = _TIME_BASE, _RATE
+    context.colorspace, context.color_range = colour
+    context.options = options
+    context.open()
+    return context
+
+
 def _encoder(width: int, height: int, colour: tuple[int, int]) -> Any:
     """This thread's libx264 encoder for frames of this size and colour, kept between clips:
     making one costs about 2 ms, against 13 ms to encode an 8 x 8 clip. Its state: the
     context and the next frame's timestamp (they only rise)."""
     key = (width, height, colour)
     if getattr(_ENCODERS, "key", None) != key:
-        context = av.CodecContext.create("libx264", "w")
-        context.width, context.height, context.pix_fmt = width, height, "yuv444p"
-        context.time_base, context.framerate = _TIME_BASE, _RATE
-        context.colorspace, context.color_range = colour
-        context.options = X264_OPTIONS
-        context.open()
-        _ENCODERS.key, _ENCODERS.context, _ENCODERS.pts = key, context, 0
+        _ENCODERS.key, _ENCODERS.context, _ENCODERS.pts = key, open_encoder(*key), 0
     return _ENCODERS
 
 

@@ -28,7 +28,6 @@ import argparse
 import subprocess
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -42,13 +41,11 @@ SHAPES = ((8, 8), (32, 2))
 
 def new_each(options: dict[str, str]):
     """An encoder of ``clips.encode``'s signature that makes a new libx264 context per clip."""
+    from ava_keyframes import clips
+
     def encode(frames: list[av.VideoFrame], colour: tuple[int, int]) -> bytes:
-        context = av.CodecContext.create("libx264", "w")
-        context.width, context.height = frames[0].width, frames[0].height
-        context.pix_fmt, context.time_base, context.framerate = "yuv444p", Fraction(1, 30), 30
-        context.colorspace, context.color_range = colour
-        context.options = {**options, "g": str(len(frames))}
-        context.open()
+        context = clips.open_encoder(frames[0].width, frames[0].height, colour,
+                                     {**options, "g": str(len(frames))})
         packets = []
         for pts, frame in enumerate(frames):
             frame.pts, frame.time_base = pts, context.time_base
