@@ -4,6 +4,7 @@ rule names, the quality stays within 1 dB of JPEG q95 frames, and tf.data reads 
 from __future__ import annotations
 
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -101,6 +102,26 @@ def test_each_clip_decodes_alone_and_the_same_whatever_its_encoder_did_before(st
         np.testing.assert_array_equal(clips.decode_bytes(reused), clips.decode_bytes(again))
         assert clips.decode_bytes(other_size).shape == (8, 40, 60, 3)
         assert _slices(other_size)[1] == [5] + [1] * 7
+
+
+def _threads_started_by_decoding(stream: bytes) -> int:
+    """Threads of this process that decoding ``stream`` in a new thread (so with new scalers)
+    leaves running while that thread lives."""
+    def decode() -> int:
+        before = len(os.listdir("/proc/self/task"))
+        clips.decode_bytes(stream)
+        return len(os.listdir("/proc/self/task")) - before
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(decode).result()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="swscale's auto is 1 thread")
+def test_decoding_starts_no_threads_of_its_own(encoded):
+    """tf.data's parallel calls are the parallelism: a decode that also sliced its RGB
+    conversion over every core (swscale's default) ran 2 calls on 4 threads, and 2 cores read
+    clips 1.6x as fast as 1, not 1.9x (``benchmarks/build_clips.py``)."""
+    assert _threads_started_by_decoding(encoded[(8, 8)][0]) == 0
 
 
 def test_clip_bytes_are_a_fraction_of_jpeg_frames(source_clips, encoded):
