@@ -135,12 +135,9 @@ def decode_frames(data: bytes) -> list[av.VideoFrame]:
 
 def decode_bytes(data: bytes) -> np.ndarray:
     """One stored H.264 clip -> ``uint8 [T, H, W, 3]`` RGB, converted by its colour tags;
-    ValueError for bytes that are not one. One scaler, this thread's
-    (``media.reformatter``), converts every frame, on this thread alone: tf.data's parallel
-    calls are the parallelism (swscale's default, a slice per core in every call, made 2
-    cores read 1.6x as fast as 1, not 1.9x)."""
-    scaler = media.reformatter("decode_clip")
-    return np.stack([scaler.reformat(frame, format="rgb24", threads=1).to_ndarray()
+    ValueError for bytes that are not one. One scaler, this thread's, converts every frame
+    on this thread alone (``media.reformat``)."""
+    return np.stack([media.reformat("decode_clip", frame, format="rgb24").to_ndarray()
                      for frame in decode_frames(data)])
 
 

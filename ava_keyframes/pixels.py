@@ -1,6 +1,6 @@
 """Decoded frames as arrays: RGB (keyframes, JPEG clip frames) or Y, Cb, Cr planes (the
 frames of H.264 clips), scaled by swscale with one kept context per thread
-(``media.reformatter``); and the sizes they are scaled to."""
+(``media.reformat``); and the sizes they are scaled to."""
 
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ def _round_half_up(value: Fraction) -> int:
 def to_rgb(frame: av.VideoFrame, max_side: int | None = None,
            size: tuple[int, int] | None = None, scaler: str = KEYFRAME_SCALER) -> np.ndarray:
     """The frame as an H x W x 3 uint8 RGB array, at ``size`` or fitted to ``max_side``.
-    Scaled on one thread (swscale's own cost more here) by this thread's kept context."""
+    Scaled on one thread by this thread's kept context (``media.reformat``)."""
     width, height = size or fitted_size(frame.width, frame.height, max_side)
-    return media.reformatter(scaler).reformat(frame, format="rgb24", width=width, height=height,
-                                              interpolation=scaler, threads=1).to_ndarray()
+    return media.reformat(scaler, frame, format="rgb24", width=width, height=height,
+                          interpolation=scaler).to_ndarray()
 
 
 _PLANAR_SOURCES = {"yuv410p", "yuv411p", "yuv420p", "yuv422p", "yuv440p", "yuv444p"}
@@ -84,15 +84,13 @@ def to_planes(frame: av.VideoFrame, size: tuple[int, int], colour: tuple[int, in
     ``frame`` itself, so that its user may change its timestamp (``clips.encode`` does)."""
     width, height = size
     if _own_planes(frame) and (frame.colorspace, frame.color_range) == colour:
-        scaled = media.reformatter("planes").reformat(frame, format="yuv444p", width=width,
-                                                       height=height, interpolation=CLIP_SCALER,
-                                                       threads=1)
+        scaled = media.reformat("planes", frame, format="yuv444p", width=width, height=height,
+                                interpolation=CLIP_SCALER)
     else:
         rgb = av.VideoFrame.from_ndarray(to_rgb(frame, size=size, scaler=CLIP_SCALER),
                                          format="rgb24")
-        scaled = media.reformatter("rgb_planes").reformat(
-            rgb, format="yuv444p", dst_colorspace=colour[0], dst_color_range=colour[1],
-            threads=1)
+        scaled = media.reformat("rgb_planes", rgb, format="yuv444p", dst_colorspace=colour[0],
+                                dst_color_range=colour[1])
     if scaled is frame:  # nothing to change (a yuv444p source at ``size``): swscale returned it
         scaled = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv444p")
     return scaled

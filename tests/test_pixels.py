@@ -34,7 +34,7 @@ def _as_rgb(planes: av.VideoFrame, colour: tuple[int, int] = UNTAGGED) -> np.nda
     """Planes of matrix and range ``colour`` to RGB, as ``clips.decode_bytes`` converts the
     frames of a stream tagged so."""
     planes.colorspace, planes.color_range = colour
-    return media.reformatter("test").reformat(planes, format="rgb24").to_ndarray()
+    return media.reformat("test", planes, format="rgb24").to_ndarray()
 
 
 def _source(colorspace: int, color_range: int) -> av.VideoFrame:
