@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from av.video.reformatter import VideoReformatter
 
 from ava_keyframes import clips, features
 from ava_keyframes.finished import EncodedFrame
@@ -122,6 +123,24 @@ def test_decoding_starts_no_threads_of_its_own(encoded):
     conversion over every core (swscale's default) ran 2 calls on 4 threads, and 2 cores read
     clips 1.6x as fast as 1, not 1.9x (``benchmarks/build_clips.py``)."""
     assert _threads_started_by_decoding(encoded[(8, 8)][0]) == 0
+
+
+@pytest.mark.parametrize("colour", [(2, 0), (1, 1), (1, 2), (5, 1)],
+                         ids=["untagged", "bt709", "bt709-full-range", "bt601"])
+def test_rgb_frames_are_swscales_packed_rgb(colour):
+    """Planar GBR interleaved by NumPy: the same pixels as swscale's own packed RGB output,
+    out-of-gamut samples (noise over the whole 8-bit range) clamped the same, at an odd size
+    and a line padded past the width."""
+    samples = np.random.default_rng(0).integers(0, 256, (2, 3, SHORT_SIDE, 183), np.uint8)
+    frames = []
+    for planes in samples:
+        frame = av.VideoFrame.from_ndarray(planes, format="yuv444p")
+        frame.colorspace, frame.color_range = colour
+        frames.append(frame)
+    assert frames[0].planes[0].line_size > 183
+    packed = [VideoReformatter().reformat(f, format="rgb24", threads=1).to_ndarray()
+              for f in frames]
+    np.testing.assert_array_equal(clips.rgb_frames(frames), np.stack(packed))
 
 
 def test_clip_bytes_are_a_fraction_of_jpeg_frames(source_clips, encoded):

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from ava_keyframes import clips, media
+from ava_keyframes import clips
 from ava_keyframes.frames import extract_clips
 from ava_keyframes.media import ffmpeg_binary
 from ava_keyframes.pixels import CLIP_SCALER, UNTAGGED, planes_colour, to_planes, to_rgb
@@ -34,7 +34,7 @@ def _as_rgb(planes: av.VideoFrame, colour: tuple[int, int] = UNTAGGED) -> np.nda
     """Planes of matrix and range ``colour`` to RGB, as ``clips.decode_bytes`` converts the
     frames of a stream tagged so."""
     planes.colorspace, planes.color_range = colour
-    return media.reformat("test", planes, format="rgb24").to_ndarray()
+    return clips.rgb_frames([planes])[0]
 
 
 def _source(colorspace: int, color_range: int) -> av.VideoFrame:
