@@ -150,8 +150,15 @@ def rgb_frames(frames: Sequence[av.VideoFrame]) -> np.ndarray:
 
 def decode_bytes(data: bytes) -> np.ndarray:
     """One stored H.264 clip -> ``uint8 [T, H, W, 3]`` RGB (:func:`rgb_frames`); ValueError
-    for bytes that are not one."""
-    return rgb_frames(decode_frames(data))
+    for bytes that are not one, or whose colour tags swscale cannot convert (BT.2020
+    constant luminance)."""
+    frames = decode_frames(data)
+    try:
+        return rgb_frames(frames)
+    except av.FFmpegError as error:
+        tags = sorted({(frame.colorspace, frame.color_range) for frame in frames})
+        raise ValueError(f"H.264 clip ({len(data)} bytes) of colour matrix and range {tags}: "
+                         f"not convertible to RGB: {error}") from None
 
 
 def decode(data: tf.Tensor, length: int | None = None) -> tf.Tensor:

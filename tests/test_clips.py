@@ -206,3 +206,12 @@ def test_bytes_that_are_not_a_clip_are_one_line_errors():
         clips.encode([rgb])
     with pytest.raises(ValueError, match=r"^clip frames must be yuv444p frames of one size"):
         clips.encode([])
+
+
+def test_a_clip_whose_colour_swscale_cannot_convert_is_a_one_line_error():
+    """BT.2020 constant luminance (AVCOL_SPC 10): swscale has no conversion to RGB."""
+    grey = [av.VideoFrame.from_ndarray(np.full((3, 16, 16), 128, np.uint8), format="yuv444p")
+            for _ in range(2)]
+    with pytest.raises(ValueError, match=r"^H.264 clip \(\d+ bytes\) of colour matrix and "
+                                         r"range \[\(10, 1\)\]: not convertible to RGB"):
+        clips.decode_bytes(clips.encode(grey, (10, 1)))
